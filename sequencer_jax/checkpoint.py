@@ -1,0 +1,77 @@
+"""This project's model checkpoints: an orbax directory holding `params` and a `model` record.
+
+The `model` record (JSON) names the registered architecture and the number of classes, so
+`load_pretrained(path)` rebuilds the right module without being told. Orbax writes into a
+temporary directory and renames it when complete, so a crash never leaves a half-written
+checkpoint under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from sequencer_jax.model import Sequencer
+from sequencer_jax.registry import create_model, list_models
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+  """A checkpoint directory that is missing, incomplete or not one of ours."""
+
+
+def save_model(path: str, name: str, num_classes: int, params: Any) -> None:
+  """Writes `params` of the registered model `name` to the new directory `path`."""
+  path = os.path.abspath(path)
+  if os.path.exists(path):
+    raise FileExistsError(f'{path} already exists; refusing to overwrite it')
+  record = {'name': name, 'num_classes': int(num_classes), 'format_version': FORMAT_VERSION}
+  params = jax.tree.map(np.asarray, params)
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+    ckptr.save(path, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                             model=ocp.args.JsonSave(record)))
+
+
+def read_model_record(path: str) -> dict[str, Any]:
+  """The `model` record of a checkpoint written by `save_model`."""
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise CheckpointError(f'{path} is not a checkpoint directory')
+  if not os.path.isdir(os.path.join(path, 'model')) or not os.path.isdir(
+      os.path.join(path, 'params')):
+    raise CheckpointError(f'{path} is not a sequencer_jax model checkpoint (it needs `model` '
+                          f'and `params` entries); convert PyTorch weights with '
+                          f'convert_torch_weights.py first')
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+    record = ckptr.restore(path, args=ocp.args.Composite(model=ocp.args.JsonRestore()))['model']
+  if record.get('name') not in list_models():
+    raise CheckpointError(f'{path} names an unknown model {record.get("name")!r}')
+  return record
+
+
+def load_pretrained(path: str, *, dtype: Any = jnp.float32,
+                    **model_kwargs: Any) -> tuple[Sequencer, dict[str, Any]]:
+  """Loads a converted or trained checkpoint: returns `(model, {'params': params})`.
+
+  `model_kwargs` (drop rates, ...) are passed to `create_model`; the architecture and the number
+  of classes come from the checkpoint.
+  """
+  from sequencer_jax.convert import abstract_params  # Local: convert imports this module's users.
+  record = read_model_record(path)
+  model = create_model(record['name'], num_classes=record['num_classes'], dtype=dtype,
+                       **model_kwargs)
+  target = abstract_params(model)
+  try:
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+      params = ckptr.restore(os.path.abspath(path), args=ocp.args.Composite(
+          params=ocp.args.StandardRestore(target)))['params']
+  except (ValueError, KeyError, FileNotFoundError) as e:
+    raise CheckpointError(f'{path}: the parameters do not match {record["name"]} with '
+                          f'{record["num_classes"]} classes, or are damaged: {e}') from None
+  return model, {'params': params}

@@ -1,0 +1,306 @@
+"""PyTorch <-> Flax weight mapping for Sequencer checkpoints (NumPy only; torch is optional).
+
+Both PyTorch layouts are handled: the original repository's (`blocks.i.j`, downsample convs as
+`blocks.i.<depth>.down`, `head`) and timm's (>= 0.9: `stages.i.blocks.j`,
+`stages.i.downsample.down`, `head.fc`). Everything is first normalised to timm's key names, then
+mapped one to one onto the Flax tree of a freshly traced model, so a missing, unexpected or
+mis-shaped tensor is always reported by name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zipfile
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from sequencer_jax.model import Sequencer, SequencerArch
+from sequencer_jax.recurrent import GATES
+from sequencer_jax.registry import name_for_arch
+
+StateDict = dict[str, np.ndarray]
+Params = dict[str, Any]
+_CELL_BY_GATES = {gates: cell for cell, gates in GATES.items()}
+
+
+class ConversionError(ValueError):
+  """A checkpoint that cannot be converted; the message names the file, key or shape at fault."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading files.
+
+
+def read_state_dict(path: str) -> StateDict:
+  """Reads a PyTorch checkpoint (`.pth`/`.bin`/`.pt` or `.safetensors`) as NumPy arrays.
+
+  Pickle-based files go through `torch.load(weights_only=True)`, which refuses any object other
+  than tensors and plain containers, so no code in the file is ever run. `.safetensors` files
+  are read without torch. A `state_dict`/`model` wrapper and a `module.` prefix are removed.
+  """
+  if os.path.isdir(path):
+    raise ConversionError(f'{path} is a directory, not a checkpoint file')
+  if not os.path.isfile(path):
+    raise ConversionError(f'{path} does not exist')
+  if os.path.getsize(path) == 0:
+    raise ConversionError(f'{path} is empty')
+  with open(path, 'rb') as f:
+    head = f.read(8)
+  if path.endswith('.safetensors'):
+    raw = _read_safetensors(path)
+  elif zipfile.is_zipfile(path) or head[:1] == b'\x80':  # torch zip format or legacy pickle.
+    raw = _read_torch(path)
+  else:
+    raise ConversionError(
+        f'{path} is not a PyTorch checkpoint (expected a torch.save zip/pickle or .safetensors)')
+  return _unwrap(raw, path)
+
+
+def _read_safetensors(path: str) -> StateDict:
+  from safetensors import SafetensorError
+  from safetensors.numpy import load_file
+  try:
+    return load_file(path)
+  except (SafetensorError, OSError, ValueError) as e:
+    raise ConversionError(f'{path} is not a readable safetensors file: {e}') from None
+
+
+def _read_torch(path: str) -> Any:
+  try:
+    import torch
+  except ImportError:
+    raise ConversionError(f'reading {path} needs torch (pip install torch); '
+                          f'.safetensors files can be read without it') from None
+  try:
+    obj = torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as e:  # torch raises several types for truncated or hostile files.
+    if 'weights_only' in str(e) or 'Unsupported global' in str(e):
+      raise ConversionError(
+          f'refused to load {path}: it contains Python objects other than tensors, which '
+          f'could run code when unpickled. Only plain state_dicts are accepted') from None
+    raise ConversionError(f'{path} could not be read as a PyTorch checkpoint '
+                          f'(truncated or corrupted?): {type(e).__name__}: {e}') from None
+  return obj
+
+
+def _unwrap(obj: Any, path: str) -> StateDict:
+  for key in ('state_dict', 'model'):
+    if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+      obj = obj[key]
+  if not isinstance(obj, Mapping):
+    raise ConversionError(f'{path} holds a {type(obj).__name__}, not a state_dict')
+  out: StateDict = {}
+  for key, value in obj.items():
+    if not isinstance(key, str) or not hasattr(value, 'shape'):
+      raise ConversionError(f'{path}: entry {key!r} is not a tensor')
+    if hasattr(value, 'detach'):  # torch.Tensor
+      value = value.detach().cpu().float().numpy() if value.is_floating_point() \
+          else value.detach().cpu().numpy()
+    out[key.removeprefix('module.')] = np.asarray(value)
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Layouts.
+
+
+def detect_layout(state_dict: Mapping[str, Any]) -> str:
+  """'timm' (stages.i.blocks.j) or 'original' (blocks.i.j); anything else raises."""
+  if any(k.startswith('stages.') for k in state_dict):
+    return 'timm'
+  if any(k.startswith('blocks.') for k in state_dict):
+    return 'original'
+  sample = ', '.join(list(state_dict)[:5]) or 'no keys at all'
+  raise ConversionError(f'not a Sequencer state_dict: no stages.* or blocks.* keys ({sample})')
+
+
+def original_to_timm(state_dict: Mapping[str, np.ndarray]) -> StateDict:
+  """The rename of timm's `checkpoint_filter_fn` (spec 4.3)."""
+  out: StateDict = {}
+  for key, value in state_dict.items():
+    key = re.sub(r'^blocks\.(\d+)\.\d+\.down', lambda m: f'stages.{int(m[1]) + 1}.downsample.down',
+                 key)
+    key = re.sub(r'^blocks\.(\d+)\.(\d+)', r'stages.\1.blocks.\2', key)
+    key = re.sub(r'^head\.', 'head.fc.', key)
+    out[key] = value
+  return out
+
+
+def timm_to_original(state_dict: Mapping[str, np.ndarray], layers: tuple[int, ...]) -> StateDict:
+  """Inverse of `original_to_timm`: downsample i moves to the end of stage i-1."""
+  out: StateDict = {}
+  for key, value in state_dict.items():
+    key = re.sub(r'^stages\.(\d+)\.downsample\.down',
+                 lambda m: f'blocks.{int(m[1]) - 1}.{layers[int(m[1]) - 1]}.down', key)
+    key = re.sub(r'^stages\.(\d+)\.blocks\.(\d+)', r'blocks.\1.\2', key)
+    key = re.sub(r'^head\.fc\.', 'head.', key)
+    out[key] = value
+  return out
+
+
+def to_timm_layout(state_dict: Mapping[str, np.ndarray]) -> StateDict:
+  """Returns the state_dict in timm's key layout, whichever layout it came in."""
+  if detect_layout(state_dict) == 'original':
+    return original_to_timm(state_dict)
+  return dict(state_dict)
+
+
+def infer_arch(sd: Mapping[str, np.ndarray]) -> tuple[SequencerArch, int]:
+  """Reads the architecture and the number of classes off a timm-layout state_dict's keys."""
+  try:
+    depths: dict[int, int] = {}
+    for key in sd:
+      m = re.match(r'stages\.(\d+)\.blocks\.(\d+)\.', key)
+      if m:
+        depths[int(m[1])] = max(depths.get(int(m[1]), 0), int(m[2]) + 1)
+    n = len(depths)
+    if n == 0 or sorted(depths) != list(range(n)):
+      raise ConversionError(f'stage indices {sorted(depths)} are not 0..N-1')
+    patch = [sd['stem.proj.weight'].shape[2]]
+    patch += [sd[f'stages.{i}.downsample.down.weight'].shape[2] for i in range(1, n)]
+    dims = [sd[f'stages.{i}.blocks.0.norm1.weight'].shape[0] for i in range(n)]
+    b0 = 'stages.0.blocks.0.rnn_tokens.'
+    vanilla = f'{b0}rnn.weight_hh_l0' in sd
+    has_v, has_h = f'{b0}rnn_v.weight_hh_l0' in sd, f'{b0}rnn_h.weight_hh_l0' in sd
+    rnn = 'rnn' if vanilla else ('rnn_v' if has_v else 'rnn_h')
+    hidden = [sd[f'stages.{i}.blocks.0.rnn_tokens.{rnn}.weight_hh_l0'].shape[1] for i in range(n)]
+    gates = sd[f'{b0}{rnn}.weight_hh_l0'].shape[0] // hidden[0]
+    bidirectional = f'{b0}{rnn}.weight_hh_l0_reverse' in sd
+    with_fc = f'{b0}fc.weight' in sd
+    directional = hidden[0] * (2 if bidirectional else 1)
+    if vanilla or not (has_v and has_h):
+      union = 'cat' if vanilla else ('vertical' if has_v else 'horizontal')
+    elif with_fc:
+      union = 'cat' if sd[f'{b0}fc.weight'].shape[1] == 2 * directional else 'add'
+    else:
+      union = 'cat' if 2 * directional == dims[0] else 'add'
+    mlp_ratio = sd['stages.0.blocks.0.mlp_channels.fc1.weight'].shape[0] / dims[0]
+    pos = sd.get('absolute_pos_embed')
+    arch = SequencerArch(
+        layers=tuple(depths[i] for i in range(n)), patch_sizes=tuple(patch),
+        embed_dims=tuple(dims), hidden_sizes=tuple(hidden), mlp_ratio=mlp_ratio,
+        cell=_CELL_BY_GATES.get(gates, f'<{gates} gates>'), bidirectional=bidirectional,
+        union=union, with_fc=with_fc, vanilla=vanilla,
+        pos_embed_size=None if pos is None else pos.shape[1])
+  except KeyError as e:
+    raise ConversionError(f'not a complete Sequencer state_dict: missing {e.args[0]!r}') from None
+  except (ValueError, IndexError) as e:
+    if isinstance(e, ConversionError):
+      raise
+    raise ConversionError(f'state_dict does not describe a Sequencer: {e}') from None
+  head = sd.get('head.fc.weight')
+  return arch, 0 if head is None else head.shape[0]
+
+
+def detect_model_name(sd: Mapping[str, np.ndarray]) -> str:
+  """The registered model whose architecture the (timm-layout) state_dict has."""
+  arch, _ = infer_arch(sd)
+  name = name_for_arch(arch)
+  if name is None:
+    raise ConversionError(f'no registered model has the architecture of this state_dict: {arch}')
+  return name
+
+
+# ---------------------------------------------------------------------------------------------
+# The tensor mapping.
+
+
+_LEAF_NAMES = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias'}
+_RNN_NAMES = {'kernel_ih': 'weight_ih', 'kernel_hh': 'weight_hh', 'bias_ih': 'bias_ih',
+              'bias_hh': 'bias_hh'}
+
+
+def _torch_key(flax_path: tuple[str, ...]) -> str:
+  """The timm-layout key of one Flax parameter (spec 4.6)."""
+  *modules, leaf = flax_path
+  prefix = re.sub(r'^stages_(\d+)_blocks_(\d+)', r'stages.\1.blocks.\2', '.'.join(modules))
+  prefix = re.sub(r'^stages_(\d+)_downsample', r'stages.\1.downsample.down', prefix)
+  prefix = {'stem': 'stem.proj', 'head': 'head.fc'}.get(prefix, prefix)
+  if leaf == 'absolute_pos_embed':
+    return leaf
+  if modules and modules[-1] in ('forward', 'reverse'):  # One RNN direction.
+    rnn = prefix.rsplit('.', 1)[0]
+    suffix = '_reverse' if modules[-1] == 'reverse' else ''
+    return f'{rnn}.{_RNN_NAMES[leaf]}_l0{suffix}'
+  return f'{prefix}.{_LEAF_NAMES[leaf]}'
+
+
+def _to_flax(value: np.ndarray) -> np.ndarray:
+  if value.ndim == 4:  # Conv (O, I, kh, kw) -> (kh, kw, I, O).
+    return value.transpose(2, 3, 1, 0)
+  if value.ndim == 2:  # Linear / RNN (out, in) -> (in, out).
+    return value.T
+  return value
+
+
+def _torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
+  if len(flax_shape) == 4:
+    return tuple(flax_shape[i] for i in (3, 2, 0, 1))
+  return tuple(reversed(flax_shape)) if len(flax_shape) == 2 else tuple(flax_shape)
+
+
+def _to_torch(value: np.ndarray) -> np.ndarray:
+  if value.ndim == 4:
+    return value.transpose(3, 2, 0, 1)
+  if value.ndim == 2:
+    return value.T
+  return value
+
+
+def abstract_params(model: Sequencer) -> Params:
+  """The parameter shapes of `model`, traced without computing anything."""
+  size = 16 * model.arch.patch_sizes[0] if model.arch.pos_embed_size is None \
+      else model.arch.pos_embed_size * model.arch.patch_sizes[0]
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
+  return shapes['params']
+
+
+def torch_to_flax(state_dict: Mapping[str, np.ndarray], model: Sequencer) -> Params:
+  """Maps a state_dict (either layout) onto `model`'s parameter tree, strictly.
+
+  Raises ConversionError naming every missing, unexpected or mis-shaped tensor.
+  """
+  sd = to_timm_layout(state_dict)
+  flat = traverse_util.flatten_dict(abstract_params(model))
+  out, missing, wrong = {}, [], []
+  for path, spec in flat.items():
+    key = _torch_key(path)
+    if key not in sd:
+      missing.append(key)
+      continue
+    value = np.asarray(sd[key])
+    if value.shape != _torch_shape(spec.shape):
+      wrong.append(f'{key}: checkpoint {value.shape}, model expects {_torch_shape(spec.shape)}')
+      continue
+    out[path] = np.ascontiguousarray(_to_flax(value), dtype=spec.dtype)
+  used = {_torch_key(p) for p in flat}
+  unexpected = sorted(set(sd) - used)
+  problems = []
+  if missing:
+    problems.append(f'missing {len(missing)} tensor(s): {", ".join(missing[:10])}')
+  if unexpected:
+    problems.append(f'unexpected {len(unexpected)} tensor(s): {", ".join(unexpected[:10])}')
+  if wrong:
+    problems.append(f'wrong shape: {"; ".join(wrong[:10])}')
+  if problems:
+    raise ConversionError('state_dict does not fit the model: ' + ' | '.join(problems))
+  return traverse_util.unflatten_dict(out)
+
+
+def flax_to_torch(params: Params, layout: str = 'timm',
+                  layers: tuple[int, ...] | None = None) -> StateDict:
+  """The inverse mapping: a PyTorch state_dict (NumPy arrays) in timm's or the original layout."""
+  sd = {_torch_key(path): np.ascontiguousarray(_to_torch(np.asarray(v, np.float32)))
+        for path, v in traverse_util.flatten_dict(params).items()}
+  if layout == 'timm':
+    return sd
+  if layout == 'original':
+    if layers is None:
+      raise ValueError('the original layout needs the blocks per stage (`layers`)')
+    return timm_to_original(sd, layers)
+  raise ValueError(f'unknown layout {layout!r}; expected "timm" or "original"')

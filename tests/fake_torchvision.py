@@ -1,0 +1,65 @@
+"""A stand-in for torchvision, which timm imports at import time but the tests never use.
+
+The CPU build of torch has no matching torchvision wheel (installing one replaces torch), so the
+tests register this minimal package before importing timm: the names timm's model code imports
+exist, and anything that would really need torchvision fails loudly.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib.util
+import sys
+import types
+
+import torch
+
+
+class _FrozenBatchNorm2d(torch.nn.Module):
+  def __init__(self, *args, **kwargs):
+    raise NotImplementedError('fake torchvision: FrozenBatchNorm2d is not available in tests')
+
+
+class _InterpolationMode(enum.Enum):
+  NEAREST = 'nearest'
+  NEAREST_EXACT = 'nearest-exact'
+  BILINEAR = 'bilinear'
+  BICUBIC = 'bicubic'
+  BOX = 'box'
+  HAMMING = 'hamming'
+  LANCZOS = 'lanczos'
+
+
+def _placeholder(module: str):
+  """Module-level __getattr__: any other name is a class that refuses to be used."""
+
+  def getattr_(name: str) -> type:
+    if name.startswith('__'):
+      raise AttributeError(name)
+
+    def refuse(*args, **kwargs):
+      raise NotImplementedError(f'fake torchvision: {module}.{name} is not available in tests')
+
+    return type(name, (), {'__init__': refuse, '__call__': refuse})
+
+  return getattr_
+
+
+def install() -> None:
+  """Registers the fake package unless a real torchvision is importable."""
+  if 'torchvision' in sys.modules or importlib.util.find_spec('torchvision') is not None:
+    return
+  names = ['torchvision', 'torchvision.ops', 'torchvision.ops.misc', 'torchvision.transforms',
+           'torchvision.transforms.functional', 'torchvision.datasets', 'torchvision.models',
+           'torchvision.models.feature_extraction', 'torchvision.utils']
+  modules = {name: types.ModuleType(name) for name in names}
+  for name, module in modules.items():
+    parent, _, child = name.rpartition('.')
+    if parent:
+      setattr(modules[parent], child, module)
+    module.__getattr__ = _placeholder(name)
+    sys.modules[name] = module
+  modules['torchvision'].__version__ = '0.0.0+fake'
+  modules['torchvision.ops.misc'].FrozenBatchNorm2d = _FrozenBatchNorm2d
+  modules['torchvision.transforms'].InterpolationMode = _InterpolationMode
+  modules['torchvision.transforms.functional'].InterpolationMode = _InterpolationMode
