@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import zipfile
 from typing import Any, Mapping
 
 import jax
@@ -53,7 +52,7 @@ def read_state_dict(path: str) -> StateDict:
     head = f.read(8)
   if path.endswith('.safetensors'):
     raw = _read_safetensors(path)
-  elif zipfile.is_zipfile(path) or head[:1] == b'\x80':  # torch zip format or legacy pickle.
+  elif head[:4] == b'PK\x03\x04' or head[:1] == b'\x80':  # torch zip format or legacy pickle.
     raw = _read_torch(path)
   else:
     raise ConversionError(
@@ -230,7 +229,9 @@ def _torch_key(flax_path: tuple[str, ...]) -> str:
   return f'{prefix}.{_LEAF_NAMES[leaf]}'
 
 
-def _to_flax(value: np.ndarray) -> np.ndarray:
+def _to_flax(key: str, value: np.ndarray) -> np.ndarray:
+  if key == 'absolute_pos_embed':  # Already (1, H, W, C) in both frameworks.
+    return value
   if value.ndim == 4:  # Conv (O, I, kh, kw) -> (kh, kw, I, O).
     return value.transpose(2, 3, 1, 0)
   if value.ndim == 2:  # Linear / RNN (out, in) -> (in, out).
@@ -238,13 +239,17 @@ def _to_flax(value: np.ndarray) -> np.ndarray:
   return value
 
 
-def _torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
+def _torch_shape(key: str, flax_shape: tuple[int, ...]) -> tuple[int, ...]:
+  if key == 'absolute_pos_embed':
+    return tuple(flax_shape)
   if len(flax_shape) == 4:
     return tuple(flax_shape[i] for i in (3, 2, 0, 1))
   return tuple(reversed(flax_shape)) if len(flax_shape) == 2 else tuple(flax_shape)
 
 
-def _to_torch(value: np.ndarray) -> np.ndarray:
+def _to_torch(key: str, value: np.ndarray) -> np.ndarray:
+  if key == 'absolute_pos_embed':
+    return value
   if value.ndim == 4:
     return value.transpose(3, 2, 0, 1)
   if value.ndim == 2:
@@ -274,10 +279,11 @@ def torch_to_flax(state_dict: Mapping[str, np.ndarray], model: Sequencer) -> Par
       missing.append(key)
       continue
     value = np.asarray(sd[key])
-    if value.shape != _torch_shape(spec.shape):
-      wrong.append(f'{key}: checkpoint {value.shape}, model expects {_torch_shape(spec.shape)}')
+    expected = _torch_shape(key, spec.shape)
+    if value.shape != expected:
+      wrong.append(f'{key}: checkpoint {value.shape}, model expects {expected}')
       continue
-    out[path] = np.ascontiguousarray(_to_flax(value), dtype=spec.dtype)
+    out[path] = np.ascontiguousarray(_to_flax(key, value), dtype=spec.dtype)
   used = {_torch_key(p) for p in flat}
   unexpected = sorted(set(sd) - used)
   problems = []
@@ -295,8 +301,10 @@ def torch_to_flax(state_dict: Mapping[str, np.ndarray], model: Sequencer) -> Par
 def flax_to_torch(params: Params, layout: str = 'timm',
                   layers: tuple[int, ...] | None = None) -> StateDict:
   """The inverse mapping: a PyTorch state_dict (NumPy arrays) in timm's or the original layout."""
-  sd = {_torch_key(path): np.ascontiguousarray(_to_torch(np.asarray(v, np.float32)))
-        for path, v in traverse_util.flatten_dict(params).items()}
+  sd = {}
+  for path, value in traverse_util.flatten_dict(params).items():
+    key = _torch_key(path)
+    sd[key] = np.ascontiguousarray(_to_torch(key, np.asarray(value, np.float32)))
   if layout == 'timm':
     return sd
   if layout == 'original':
@@ -304,3 +312,108 @@ def flax_to_torch(params: Params, layout: str = 'timm',
       raise ValueError('the original layout needs the blocks per stage (`layers`)')
     return timm_to_original(sd, layers)
   raise ValueError(f'unknown layout {layout!r}; expected "timm" or "original"')
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole files: PyTorch checkpoint -> our checkpoint, and back.
+
+
+def replace_head(params: Params, num_classes: int) -> Params:
+  """A new zero-initialised head for `num_classes` (none for 0), as timm does for transfer."""
+  params = {k: v for k, v in params.items() if k != 'head'}
+  if num_classes > 0:
+    width = params['norm']['scale'].shape[0]
+    params['head'] = {'kernel': np.zeros((width, num_classes), np.float32),
+                      'bias': np.zeros((num_classes,), np.float32)}
+  return params
+
+
+def convert_state_dict(state_dict: Mapping[str, np.ndarray], model_name: str | None = None,
+                       num_classes: int | None = None) -> tuple[str, int, Params]:
+  """Any-layout state_dict -> (model name, number of classes, Flax params)."""
+  from sequencer_jax.registry import create_model, model_info
+  sd = to_timm_layout(state_dict)
+  arch, checkpoint_classes = infer_arch(sd)
+  name = model_name or name_for_arch(arch)
+  if name is None:
+    raise ConversionError(f'no registered model has the architecture of this state_dict: {arch}')
+  if model_info(name).arch != arch:
+    found = name_for_arch(arch) or f'an unregistered architecture {arch}'
+    raise ConversionError(f'the checkpoint holds {found} (read from its keys and shapes), '
+                          f'not {name}')
+  params = torch_to_flax(sd, create_model(name, num_classes=checkpoint_classes))
+  if num_classes is None or num_classes == checkpoint_classes:
+    return name, checkpoint_classes, params
+  return name, num_classes, replace_head(params, num_classes)
+
+
+def torch_layout_for(name: str) -> str:
+  """'timm' where timm's Sequencer2d can hold the model (2D LSTM), else 'original'."""
+  from sequencer_jax.registry import model_info
+  arch = model_info(name).arch
+  return 'timm' if arch.cell == 'lstm' and not arch.vanilla else 'original'
+
+
+def export_file(src: str, dst: str, layout: str | None = None) -> str:
+  """Writes our checkpoint `src` as a PyTorch state_dict in `dst` (.safetensors).
+
+  The default layout is timm's where timm can build the model (load it with
+  `timm.create_model(name, num_classes=N).load_state_dict(..., strict=True)`), else the original
+  repository's. Returns the layout written.
+  """
+  from safetensors.numpy import save_file
+
+  from sequencer_jax.checkpoint import load_pretrained, read_model_record
+  if not dst.endswith('.safetensors'):
+    raise ValueError(f'{dst}: the export is written as .safetensors; name the file *.safetensors')
+  if os.path.exists(dst):
+    raise FileExistsError(f'{dst} already exists; refusing to overwrite it')
+  name = read_model_record(src)['name']
+  layout = layout or torch_layout_for(name)
+  model, variables = load_pretrained(src)
+  sd = flax_to_torch(jax.device_get(variables['params']), layout, model.arch.layers)
+  tmp = f'{dst}.tmp-{os.getpid()}'
+  try:
+    save_file(sd, tmp, metadata={'format': 'pt', 'model': name, 'layout': layout})
+    os.replace(tmp, dst)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return layout
+
+
+def timm_logit_difference(state_dict: Mapping[str, np.ndarray], name: str, num_classes: int,
+                          params: Params, batch: int = 2, seed: int = 0) -> float:
+  """Max |logit difference| between timm on `state_dict` and our model on `params`.
+
+  Needs torch and timm; compares pre-logits when the head was replaced.
+  """
+  import timm
+  import torch
+
+  from sequencer_jax.registry import create_model, model_info
+  info = model_info(name)
+  a = info.arch
+  if torch_layout_for(name) != 'timm':
+    raise ConversionError(f'--check needs timm, which has no {a.cell.upper()} / vanilla '
+                          f'Sequencer ({name})')
+  sd = to_timm_layout(state_dict)
+  _, checkpoint_classes = infer_arch(sd)
+  reference = timm.models.sequencer.Sequencer2d(
+      num_classes=checkpoint_classes, layers=a.layers, patch_sizes=a.patch_sizes,
+      embed_dims=a.embed_dims, hidden_sizes=a.hidden_sizes, mlp_ratios=(a.mlp_ratio,) * 4,
+      bidirectional=a.bidirectional, union=a.union, with_fc=a.with_fc).eval()
+  reference.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()},
+                            strict=True)
+  compare_logits = num_classes == checkpoint_classes and num_classes > 0
+  if not compare_logits:
+    reference.reset_classifier(0)
+  x = np.random.RandomState(seed).randn(batch, info.input_size, info.input_size, 3)
+  x = x.astype(np.float32)
+  with torch.no_grad():
+    expected = reference(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
+  model = create_model(name, num_classes=num_classes)
+  logits, feats = jax.jit(model.apply, static_argnames='return_intermediates')(
+      {'params': params}, x, return_intermediates=True)
+  got = logits if compare_logits else feats['pre_logits']
+  return float(np.abs(np.asarray(got) - expected).max())
