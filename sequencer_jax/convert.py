@@ -388,10 +388,11 @@ def timm_logit_difference(state_dict: Mapping[str, np.ndarray], name: str, num_c
 
   Needs torch and timm; compares pre-logits when the head was replaced.
   """
-  import timm
   import torch
 
   from sequencer_jax.registry import create_model, model_info
+  from sequencer_jax.torch_compat import import_timm
+  timm = import_timm()
   info = model_info(name)
   a = info.arch
   if torch_layout_for(name) != 'timm':

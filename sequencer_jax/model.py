@@ -16,7 +16,8 @@ import numpy as np
 
 from sequencer_jax.layers import (DropPath, Dtype, Mlp, layer_norm, timm_lecun_normal,
                                   trunc_normal_abs, xavier_uniform, zeros)
-from sequencer_jax.recurrent import GATES, BidirectionalRNN, CellType
+from sequencer_jax.recurrent import (GATES, RNN_IMPLS, BidirectionalRNN, CellType,
+                                     fused_directions)
 
 Union = Literal['cat', 'add', 'vertical', 'horizontal']
 UNIONS = ('cat', 'add', 'vertical', 'horizontal')
@@ -64,6 +65,14 @@ class SequencerArch:
     return [float(r) for r in np.linspace(0.0, drop_path_rate, sum(self.layers))]
 
 
+def default_rnn_impl() -> str:
+  """The fastest implementation measured on the current backend (docs/performance.md)."""
+  return _DEFAULT_RNN_IMPL.get(jax.default_backend(), 'fused_vjp')
+
+
+_DEFAULT_RNN_IMPL = {'cpu': 'per_direction'}
+
+
 class RNN2D(nn.Module):
   """BiLSTM2D token mixer (`RNN2DBase`): vertical and horizontal RNNs, union, optional fc."""
 
@@ -72,25 +81,41 @@ class RNN2D(nn.Module):
   bidirectional: bool = True
   union: Union = 'cat'
   with_fc: bool = True
+  rnn_impl: str = 'per_direction'
+  rnn_unroll: int = 1
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    rnn = lambda name: BidirectionalRNN(self.hidden_size, self.cell, self.bidirectional,
-                                        self.dtype, self.param_dtype, name=name)
-    if self.union == 'horizontal':
-      y = rnn('rnn_h')(x, axis=2)
-    elif self.union == 'vertical':
-      y = rnn('rnn_v')(x, axis=1)
-    else:
-      v = rnn('rnn_v')(x, axis=1)  # Sequences run along H, one per (batch, column).
-      h = rnn('rnn_h')(x, axis=2)  # Sequences run along W, one per (batch, row).
-      y = jnp.concatenate([v, h], axis=-1) if self.union == 'cat' else v + h
+    # Vertical sequences run along H (axis 1), one per (batch, column); horizontal ones along W.
+    axes = {'vertical': {'rnn_v': 1}, 'horizontal': {'rnn_h': 2}}.get(self.union,
+                                                                       {'rnn_v': 1, 'rnn_h': 2})
+    rnns = {name: BidirectionalRNN(x.shape[-1], self.hidden_size, self.cell, self.bidirectional,
+                                   self.rnn_unroll, self.dtype, self.param_dtype, name=name)
+            for name in axes}
+    outputs = _run_rnns(x, [(rnns[name], axis) for name, axis in axes.items()], self.rnn_impl,
+                        self.rnn_unroll)
+    if self.union == 'add':
+      y = outputs[0] + outputs[1]
+    else:  # cat: [v_fwd, v_rev, h_fwd, h_rev]; vertical / horizontal: one branch.
+      y = jnp.concatenate(outputs, axis=-1)
     if self.with_fc:
       y = nn.Dense(x.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype, name='fc',
                    kernel_init=xavier_uniform(), bias_init=zeros)(y)
     return y
+
+
+def _run_rnns(x: jax.Array, rnns: list[tuple[BidirectionalRNN, int]], impl: str,
+              unroll: int) -> list[jax.Array]:
+  """Each bidirectional RNN's output ([forward, reverse] channels) over its axis of x."""
+  if impl not in RNN_IMPLS:
+    raise ValueError(f'unknown rnn_impl {impl!r}; expected one of {list(RNN_IMPLS)} or "auto"')
+  if impl == 'per_direction':
+    return [rnn(x, axis) for rnn, axis in rnns]
+  directions = [(d, axis) for rnn, axis in rnns for d in rnn.directions()]
+  hs = iter(fused_directions(x, directions, impl, unroll))
+  return [jnp.concatenate([next(hs) for _ in rnn.directions()], axis=-1) for rnn, _ in rnns]
 
 
 class RNN1D(nn.Module):
@@ -99,14 +124,17 @@ class RNN1D(nn.Module):
   hidden_size: int
   cell: CellType = 'lstm'
   bidirectional: bool = True
+  rnn_impl: str = 'per_direction'
+  rnn_unroll: int = 1
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
-    y = BidirectionalRNN(self.hidden_size, self.cell, self.bidirectional, self.dtype,
-                         self.param_dtype, name='rnn')(x.reshape(b, h * w, c), axis=1)
+    rnn = BidirectionalRNN(c, self.hidden_size, self.cell, self.bidirectional, self.rnn_unroll,
+                           self.dtype, self.param_dtype, name='rnn')
+    (y,) = _run_rnns(x.reshape(b, h * w, c), [(rnn, 1)], self.rnn_impl, self.rnn_unroll)
     return y.reshape(b, h, w, -1)
 
 
@@ -117,18 +145,20 @@ class SequencerBlock(nn.Module):
   hidden_size: int
   drop_path: float = 0.0
   drop_rate: float = 0.0
+  rnn_impl: str = 'per_direction'
+  rnn_unroll: int = 1
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     a = self.arch
+    rnn = dict(rnn_impl=self.rnn_impl, rnn_unroll=self.rnn_unroll, dtype=self.dtype,
+               param_dtype=self.param_dtype, name='rnn_tokens')
     if a.vanilla:
-      mixer = RNN1D(self.hidden_size, a.cell, a.bidirectional, self.dtype, self.param_dtype,
-                    name='rnn_tokens')
+      mixer = RNN1D(self.hidden_size, a.cell, a.bidirectional, **rnn)
     else:
-      mixer = RNN2D(self.hidden_size, a.cell, a.bidirectional, a.union, a.with_fc, self.dtype,
-                    self.param_dtype, name='rnn_tokens')
+      mixer = RNN2D(self.hidden_size, a.cell, a.bidirectional, a.union, a.with_fc, **rnn)
     drop_path = DropPath(self.drop_path)
     y = mixer(layer_norm('norm1', self.dtype, self.param_dtype)(x))
     x = x + drop_path(y, train)
@@ -144,6 +174,10 @@ class Sequencer(nn.Module):
   `model.apply(variables, images)` returns logits in inference mode. Pass `train=True` (with a
   'dropout' rng) for dropout and stochastic depth, and `return_intermediates=True` to also get a
   dict of named activations: 'stem', 'stage0'..'stageN', 'pre_logits'.
+
+  `rnn_impl` picks the recurrence implementation (see `recurrent.py`; 'auto' is the fastest
+  measured on the current backend) and `rnn_unroll` its scan unrolling; neither changes the
+  parameters or the results beyond float rounding.
   """
 
   arch: SequencerArch
@@ -151,6 +185,8 @@ class Sequencer(nn.Module):
   drop_rate: float = 0.0  # MLP dropout (both repos' `drop_rate`).
   head_drop_rate: float = 0.0  # Dropout before the head (timm only; the original has none).
   drop_path_rate: float = 0.0
+  rnn_impl: str = 'auto'
+  rnn_unroll: int = 1
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -177,13 +213,15 @@ class Sequencer(nn.Module):
       x = x + pos.astype(self.dtype)
     features['stem'] = x
     rates = a.drop_path_rates(self.drop_path_rate)
+    impl = default_rnn_impl() if self.rnn_impl == 'auto' else self.rnn_impl
     k = 0
     for i, depth in enumerate(a.layers):
       if i > 0:
         x = conv(a.embed_dims[i], a.patch_sizes[i], f'stages_{i}_downsample')(x)
       for j in range(depth):
-        x = SequencerBlock(a, a.hidden_sizes[i], rates[k], self.drop_rate, self.dtype,
-                           self.param_dtype, name=f'stages_{i}_blocks_{j}')(x, train)
+        x = SequencerBlock(a, a.hidden_sizes[i], rates[k], self.drop_rate, impl,
+                           self.rnn_unroll, self.dtype, self.param_dtype,
+                           name=f'stages_{i}_blocks_{j}')(x, train)
         k += 1
       features[f'stage{i}'] = x
     x = layer_norm('norm', self.dtype, self.param_dtype)(x)

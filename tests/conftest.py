@@ -12,6 +12,6 @@ import jax  # noqa: E402
 
 jax.config.update('jax_default_matmul_precision', 'highest')
 
-import fake_torchvision  # noqa: E402
+from sequencer_jax.torch_compat import import_timm  # noqa: E402
 
-fake_torchvision.install()
+import_timm()

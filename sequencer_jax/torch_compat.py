@@ -1,8 +1,9 @@
-"""A stand-in for torchvision, which timm imports at import time but the tests never use.
+"""Makes timm importable where torchvision is not installed (tests, `--check`, the benchmark).
 
-The CPU build of torch has no matching torchvision wheel (installing one replaces torch), so the
-tests register this minimal package before importing timm: the names timm's model code imports
-exist, and anything that would really need torchvision fails loudly.
+timm imports torchvision at import time, but its model code never uses it. The CPU build of torch
+has no matching torchvision wheel (installing one replaces torch), so where torchvision is absent
+`import_timm()` first registers a minimal stand-in: the names timm imports exist, and anything
+that would really need torchvision fails loudly. A real torchvision is always preferred.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import enum
 import importlib.util
 import sys
 import types
+from typing import Any
 
 import torch
 
 
 class _FrozenBatchNorm2d(torch.nn.Module):
   def __init__(self, *args, **kwargs):
-    raise NotImplementedError('fake torchvision: FrozenBatchNorm2d is not available in tests')
+    raise NotImplementedError('torchvision stand-in: FrozenBatchNorm2d is not available')
 
 
 class _InterpolationMode(enum.Enum):
@@ -38,15 +40,15 @@ def _placeholder(module: str):
       raise AttributeError(name)
 
     def refuse(*args, **kwargs):
-      raise NotImplementedError(f'fake torchvision: {module}.{name} is not available in tests')
+      raise NotImplementedError(f'torchvision stand-in: {module}.{name} is not available')
 
     return type(name, (), {'__init__': refuse, '__call__': refuse})
 
   return getattr_
 
 
-def install() -> None:
-  """Registers the fake package unless a real torchvision is importable."""
+def _install_stand_in() -> None:
+  """Registers the stand-in unless a real torchvision is importable."""
   if 'torchvision' in sys.modules or importlib.util.find_spec('torchvision') is not None:
     return
   names = ['torchvision', 'torchvision.ops', 'torchvision.ops.misc', 'torchvision.transforms',
@@ -59,7 +61,14 @@ def install() -> None:
       setattr(modules[parent], child, module)
     module.__getattr__ = _placeholder(name)
     sys.modules[name] = module
-  modules['torchvision'].__version__ = '0.0.0+fake'
+  modules['torchvision'].__version__ = '0.0.0+stand-in'
   modules['torchvision.ops.misc'].FrozenBatchNorm2d = _FrozenBatchNorm2d
   modules['torchvision.transforms'].InterpolationMode = _InterpolationMode
   modules['torchvision.transforms.functional'].InterpolationMode = _InterpolationMode
+
+
+def import_timm() -> Any:
+  """`import timm`, with the torchvision stand-in registered first if needed."""
+  _install_stand_in()
+  import timm
+  return timm
