@@ -83,8 +83,10 @@ def name_for_arch(arch: SequencerArch) -> str | None:
 
 def create_model(name: str, num_classes: int = 1000, *, drop_rate: float = 0.0,
                  head_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-                 dtype: Any = jnp.float32, param_dtype: Any = jnp.float32) -> Sequencer:
+                 rnn_impl: str = 'auto', rnn_unroll: int = 1, dtype: Any = jnp.float32,
+                 param_dtype: Any = jnp.float32) -> Sequencer:
   """Build the registered model `name` (an unknown name raises, listing the valid names)."""
   return Sequencer(model_info(name).arch, num_classes=num_classes, drop_rate=drop_rate,
-                   head_drop_rate=head_drop_rate, drop_path_rate=drop_path_rate, dtype=dtype,
+                   head_drop_rate=head_drop_rate, drop_path_rate=drop_path_rate,
+                   rnn_impl=rnn_impl, rnn_unroll=rnn_unroll, dtype=dtype,
                    param_dtype=param_dtype)

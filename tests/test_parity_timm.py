@@ -87,3 +87,14 @@ def test_round_trip_and_export_loads_into_timm_strictly():
   with torch.no_grad():
     ref = fresh(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
   np.testing.assert_allclose(np.asarray(apply({'params': params}, x)[0]), ref, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize('impl', ['fused', 'fused_vjp'])
+def test_fast_implementations_match_timm(impl):
+  """The fused recurrences, fully unrolled, on a non-square input (two scan groups)."""
+  x = np.random.RandomState(5).randn(2, 250, 200, 3).astype(np.float32)
+  ref_logits, _ = _timm_forward(_timm_model('sequencer2d_s'), x)
+  _, params, _ = _flax('sequencer2d_s')
+  model = sequencer_jax.create_model('sequencer2d_s', rnn_impl=impl, rnn_unroll=64)
+  np.testing.assert_allclose(np.asarray(jax.jit(model.apply)({'params': params}, x)),
+                             ref_logits, rtol=0, atol=1e-4)

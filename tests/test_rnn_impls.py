@@ -47,10 +47,10 @@ MIXERS = {
 }
 
 
-@pytest.mark.parametrize('unroll', [1, 3])
 @pytest.mark.parametrize('case', sorted(MIXERS))
-def test_token_mixer_implementations_agree(case, unroll):
+def test_token_mixer_implementations_agree(case):
   kwargs, shape = MIXERS[case]
+  unroll = 3 if 'square' in case else 1  # Partial unrolling, with a remainder (T = 5, 6, 7).
   x = jax.random.normal(jax.random.key(0), shape)
   reference = RNN2D(4, rnn_impl='per_direction', **kwargs)
   variables = reference.init(jax.random.key(1), x)
