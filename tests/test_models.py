@@ -183,7 +183,7 @@ def test_bf16_compute_keeps_f32_params_and_f32_recurrence():
 
 @pytest.mark.parametrize('cell', ['lstm', 'gru', 'rnn'])
 def test_reverse_direction_equals_forward_on_flipped_input(cell):
-  rnn = BidirectionalRNN(6, cell)
+  rnn = BidirectionalRNN(5, 6, cell)
   x = jax.random.normal(jax.random.key(0), (3, 7, 5))
   variables = rnn.init(jax.random.key(1), x, 1)
   p = variables['params']
