@@ -6,6 +6,9 @@ import hashlib
 import os
 import pickle
 import re
+import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -193,6 +196,18 @@ def test_wrong_model_name_and_existing_destination(tmp_path, state_dict, capsys)
   assert 'already exists; refusing to overwrite it' in capsys.readouterr().err
   assert os.listdir(existing) == ['keep.txt'] and (existing / 'keep.txt').read_text() == 'mine'
   assert _run(src, tmp_path / 'ours') == 0
+  damaged = tmp_path / 'damaged'
+  shutil.copytree(tmp_path / 'ours', damaged)
+  chunk = next(p for p in sorted((damaged / 'params' / 'd').iterdir()))
+  chunk.write_bytes(chunk.read_bytes()[:100])
+  # In a subprocess: after a failed read, orbax's pending reads complain at interpreter exit.
+  load = subprocess.run(
+      [sys.executable, '-c', 'import sys, sequencer_jax; sequencer_jax.load_pretrained(sys.argv[1])',
+       str(damaged)], capture_output=True, text=True, timeout=300,
+      cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert load.returncode != 0
+  assert ('CheckpointError: ' in load.stderr and
+          'do not match sequencer2d_s with 1000 classes, or are damaged' in load.stderr)
   (tmp_path / 'taken.safetensors').write_bytes(b'mine')
   assert _run('--to-torch', tmp_path / 'ours', tmp_path / 'taken.safetensors') == 1
   assert (tmp_path / 'taken.safetensors').read_bytes() == b'mine'
