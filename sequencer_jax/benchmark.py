@@ -28,6 +28,7 @@ import numpy as np
 import optax
 
 from sequencer_jax.flops import forward_flops
+from sequencer_jax.model import Sequencer, abstract_params
 from sequencer_jax.recurrent import RNN_IMPLS
 from sequencer_jax.registry import create_model, list_models, model_info
 
@@ -65,15 +66,12 @@ def time_steps(step: Callable[[], Any], sync: Callable[[Any], Any], warmup: int,
   return statistics.median(times)
 
 
-def random_params(model, image_size: int, seed: int = 0) -> Any:
+def random_params(model: Sequencer, seed: int = 0) -> dict[str, Any]:
   """Random parameters of the right shapes (cheaper to build than a jitted init on the CPU)."""
-  size = image_size if model.arch.pos_embed_size is None else \
-      model.arch.pos_embed_size * model.arch.patch_sizes[0]
-  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
-  leaves, tree = jax.tree.flatten(shapes)
+  leaves, tree = jax.tree.flatten(abstract_params(model))
   rng = np.random.default_rng(seed)
-  return jax.tree.unflatten(tree, [
-      jnp.asarray(rng.normal(0, 0.02, s.shape).astype(np.float32)) for s in leaves])
+  return {'params': jax.tree.unflatten(tree, [
+      jnp.asarray(rng.normal(0, 0.02, s.shape).astype(np.float32)) for s in leaves])}
 
 
 def _peak_memory_gb() -> float | None:
@@ -86,7 +84,7 @@ def jax_benchmark(name: str, image_size: int, dtype: str, mode: str, batch: int,
                   unroll: int, warmup: int, steps: int) -> float:
   """Median seconds per step of our model."""
   model = create_model(name, dtype=DTYPES[dtype], rnn_impl=impl, rnn_unroll=unroll)
-  variables = random_params(model, image_size)
+  variables = random_params(model)
   rng = np.random.default_rng(1)
   images = jnp.asarray(rng.normal(size=(batch, image_size, image_size, 3)).astype(np.float32))
   if mode == 'infer':

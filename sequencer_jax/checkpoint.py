@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sequencer_jax.model import Sequencer
+from sequencer_jax.model import Sequencer, abstract_params
 from sequencer_jax.registry import create_model, list_models
 
 FORMAT_VERSION = 1
@@ -62,7 +62,6 @@ def load_pretrained(path: str, *, dtype: Any = jnp.float32,
   `model_kwargs` (drop rates, ...) are passed to `create_model`; the architecture and the number
   of classes come from the checkpoint.
   """
-  from sequencer_jax.convert import abstract_params  # Local: convert imports this module's users.
   record = read_model_record(path)
   model = create_model(record['name'], num_classes=record['num_classes'], dtype=dtype,
                        **model_kwargs)

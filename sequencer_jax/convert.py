@@ -14,11 +14,10 @@ import re
 from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from sequencer_jax.model import Sequencer, SequencerArch
+from sequencer_jax.model import Sequencer, SequencerArch, abstract_params
 from sequencer_jax.recurrent import GATES
 from sequencer_jax.registry import name_for_arch
 
@@ -257,14 +256,6 @@ def _to_torch(key: str, value: np.ndarray) -> np.ndarray:
   return value
 
 
-def abstract_params(model: Sequencer) -> Params:
-  """The parameter shapes of `model`, traced without computing anything."""
-  size = 16 * model.arch.patch_sizes[0] if model.arch.pos_embed_size is None \
-      else model.arch.pos_embed_size * model.arch.patch_sizes[0]
-  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
-  return shapes['params']
-
-
 def torch_to_flax(state_dict: Mapping[str, np.ndarray], model: Sequencer) -> Params:
   """Maps a state_dict (either layout) onto `model`'s parameter tree, strictly.
 
@@ -334,9 +325,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], model_name: str | N
   from sequencer_jax.registry import create_model, model_info
   sd = to_timm_layout(state_dict)
   arch, checkpoint_classes = infer_arch(sd)
-  name = model_name or name_for_arch(arch)
-  if name is None:
-    raise ConversionError(f'no registered model has the architecture of this state_dict: {arch}')
+  name = model_name or detect_model_name(sd)
   if model_info(name).arch != arch:
     found = name_for_arch(arch) or f'an unregistered architecture {arch}'
     raise ConversionError(f'the checkpoint holds {found} (read from its keys and shapes), '

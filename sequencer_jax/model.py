@@ -7,7 +7,7 @@ Module names mirror timm's `sequencer.py` (`stem`, `stages_i/blocks_j/rnn_tokens
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
@@ -232,3 +232,11 @@ class Sequencer(nn.Module):
       x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
                    kernel_init=zeros, bias_init=zeros, name='head')(x)
     return (x, features) if return_intermediates else x
+
+
+def abstract_params(model: Sequencer) -> Any:
+  """The parameter shapes and dtypes of `model`, traced without computing anything."""
+  a = model.arch
+  size = (16 if a.pos_embed_size is None else a.pos_embed_size) * a.patch_sizes[0]
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
+  return shapes['params']

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import traverse_util
 
 import sequencer_jax
-from sequencer_jax.convert import abstract_params
-from sequencer_jax.model import SequencerArch
+from sequencer_jax.model import SequencerArch, abstract_params
 from sequencer_jax.recurrent import BidirectionalRNN, Recurrence
 
 # Spec 1.6: (parameters, tensors) of every original variant, read off the original classes.
@@ -193,3 +195,20 @@ def test_reverse_direction_equals_forward_on_flipped_input(cell):
   np.testing.assert_allclose(out[..., 6:], rev_as_fwd, rtol=0, atol=1e-6)
   np.testing.assert_allclose(out[..., :6], fwd_only.apply({'params': p['forward']}, x, 1),
                              rtol=0, atol=1e-6)
+
+
+def test_model_conversion_and_benchmark_import_without_tensorflow():
+  code = (
+      'import sys\n'
+      'class Block:\n'
+      '  def find_spec(self, name, path=None, target=None):\n'
+      '    if name.split(".")[0] in ("tensorflow", "tensorflow_datasets"):\n'
+      '      raise ImportError("blocked: " + name)\n'
+      'sys.meta_path.insert(0, Block())\n'
+      'import sequencer_jax, sequencer_jax.convert, sequencer_jax.benchmark, sequencer_jax.mixup\n'
+      'import convert_torch_weights\n'
+      'print("ok")\n')
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          cwd=root, timeout=300)
+  assert result.returncode == 0 and result.stdout.strip() == 'ok', result.stderr[-2000:]
