@@ -38,7 +38,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-  args = _parser().parse_args(argv)
+  parser = _parser()
+  args = parser.parse_args(argv)
+  if args.to_torch and (args.model or args.num_classes is not None or args.check):
+    parser.error('--model, --num-classes and --check apply to conversion, not to --to-torch')
+  if args.layout and not args.to_torch:
+    parser.error('--layout applies to --to-torch only')
   start = time.perf_counter()
   try:
     if args.to_torch:
@@ -51,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
       raise FileExistsError(f'{args.dst} already exists; refusing to overwrite it')
     state_dict = convert.read_state_dict(args.src)
     name, classes, params = convert.convert_state_dict(state_dict, args.model, args.num_classes)
+    if args.check:
+      convert.check_timm_available(name)  # Before anything is written.
     save_model(args.dst, name, classes, params)  # Written only after everything above succeeded.
     print(f'converted {args.src} -> {args.dst}: {name}, {classes} classes, '
           f'{time.perf_counter() - start:.1f}s')

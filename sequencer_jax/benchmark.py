@@ -7,7 +7,10 @@ For every (model, image size, dtype, mode, implementation) it compiles, runs `--
 steps, then times `--steps` steps one by one (results synchronised before the clock is read) and
 reports the median: images/s, ms per step, peak device memory and MFU from analytic FLOPs
 (FLOPs = 2 x MACs including every LSTM gate matmul; a training step counts 3x the forward pass).
-timm runs eager (AMP autocast for bf16/fp16 on CUDA) and, with `--torch-compile`, compiled.
+timm runs eager (bf16 autocast for --dtype bfloat16) and, with `--torch-compile`, compiled.
+JAX's peak memory is the process's peak so far (XLA cannot reset it): for a clean per-config
+figure, run one configuration per process. JAX's GPU memory preallocation is switched off here so
+that torch can allocate in the same process.
 The run ends with one table with ratios and one JSON line holding every figure. Needs no
 TensorFlow; torch and timm only with --compare-torch.
 """
@@ -17,15 +20,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import statistics
 import time
 from typing import Any, Callable
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
+# Read when the first JAX backend starts, which importing jax does not do.
+os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
 
 from sequencer_jax.flops import forward_flops
 from sequencer_jax.model import Sequencer, abstract_params
@@ -118,14 +125,9 @@ def torch_benchmark(name: str, image_size: int, dtype: str, mode: str, batch: in
   """Median seconds per step of timm's model, and its peak CUDA memory in GiB."""
   import torch
 
-  from sequencer_jax.torch_compat import import_timm
-  timm = import_timm()
+  from sequencer_jax.torch_compat import timm_sequencer
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
-  a = model_info(name).arch
-  model = timm.models.sequencer.Sequencer2d(
-      layers=a.layers, patch_sizes=a.patch_sizes, embed_dims=a.embed_dims,
-      hidden_sizes=a.hidden_sizes, mlp_ratios=(a.mlp_ratio,) * len(a.layers),
-      bidirectional=a.bidirectional, union=a.union, with_fc=a.with_fc).to(device)
+  model = timm_sequencer(model_info(name).arch).to(device)
   if compiled:
     model = torch.compile(model)
   images = torch.randn(batch, 3, image_size, image_size, device=device)

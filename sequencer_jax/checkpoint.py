@@ -31,6 +31,8 @@ def save_model(path: str, name: str, num_classes: int, params: Any) -> None:
   path = os.path.abspath(path)
   if os.path.exists(path):
     raise FileExistsError(f'{path} already exists; refusing to overwrite it')
+  if name not in list_models():
+    raise CheckpointError(f'unknown model {name!r}; valid names: {", ".join(list_models())}')
   record = {'name': name, 'num_classes': int(num_classes), 'format_version': FORMAT_VERSION}
   params = jax.tree.map(np.asarray, params)
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:

@@ -168,6 +168,9 @@ def infer_arch(sd: Mapping[str, np.ndarray]) -> tuple[SequencerArch, int]:
     rnn = 'rnn' if vanilla else ('rnn_v' if has_v else 'rnn_h')
     hidden = [sd[f'stages.{i}.blocks.0.rnn_tokens.{rnn}.weight_hh_l0'].shape[1] for i in range(n)]
     gates = sd[f'{b0}{rnn}.weight_hh_l0'].shape[0] // hidden[0]
+    if gates not in _CELL_BY_GATES:
+      raise ConversionError(f'{b0}{rnn}.weight_hh_l0 has {gates} gate blocks; expected 4 (LSTM), '
+                            f'3 (GRU) or 1 (tanh RNN)')
     bidirectional = f'{b0}{rnn}.weight_hh_l0_reverse' in sd
     with_fc = f'{b0}fc.weight' in sd
     directional = hidden[0] * (2 if bidirectional else 1)
@@ -182,14 +185,14 @@ def infer_arch(sd: Mapping[str, np.ndarray]) -> tuple[SequencerArch, int]:
     arch = SequencerArch(
         layers=tuple(depths[i] for i in range(n)), patch_sizes=tuple(patch),
         embed_dims=tuple(dims), hidden_sizes=tuple(hidden), mlp_ratio=mlp_ratio,
-        cell=_CELL_BY_GATES.get(gates, f'<{gates} gates>'), bidirectional=bidirectional,
+        cell=_CELL_BY_GATES[gates], bidirectional=bidirectional,
         union=union, with_fc=with_fc, vanilla=vanilla,
         pos_embed_size=None if pos is None else pos.shape[1])
+  except ConversionError:
+    raise
   except KeyError as e:
     raise ConversionError(f'not a complete Sequencer state_dict: missing {e.args[0]!r}') from None
   except (ValueError, IndexError) as e:
-    if isinstance(e, ConversionError):
-      raise
     raise ConversionError(f'state_dict does not describe a Sequencer: {e}') from None
   head = sd.get('head.fc.weight')
   return arch, 0 if head is None else head.shape[0]
@@ -197,7 +200,10 @@ def infer_arch(sd: Mapping[str, np.ndarray]) -> tuple[SequencerArch, int]:
 
 def detect_model_name(sd: Mapping[str, np.ndarray]) -> str:
   """The registered model whose architecture the (timm-layout) state_dict has."""
-  arch, _ = infer_arch(sd)
+  return _registered_name(infer_arch(sd)[0])
+
+
+def _registered_name(arch: SequencerArch) -> str:
   name = name_for_arch(arch)
   if name is None:
     raise ConversionError(f'no registered model has the architecture of this state_dict: {arch}')
@@ -228,32 +234,15 @@ def _torch_key(flax_path: tuple[str, ...]) -> str:
   return f'{prefix}.{_LEAF_NAMES[leaf]}'
 
 
-def _to_flax(key: str, value: np.ndarray) -> np.ndarray:
-  if key == 'absolute_pos_embed':  # Already (1, H, W, C) in both frameworks.
-    return value
-  if value.ndim == 4:  # Conv (O, I, kh, kw) -> (kh, kw, I, O).
-    return value.transpose(2, 3, 1, 0)
-  if value.ndim == 2:  # Linear / RNN (out, in) -> (in, out).
-    return value.T
-  return value
+def _flax_axes(key: str, ndim: int) -> tuple[int, ...]:
+  """The transpose taking a PyTorch tensor to Flax's layout (spec 4.6)."""
+  if key == 'absolute_pos_embed' or ndim not in (2, 4):  # pos embed is (1, H, W, C) in both.
+    return tuple(range(ndim))
+  return (2, 3, 1, 0) if ndim == 4 else (1, 0)  # Conv (O,I,kh,kw) -> (kh,kw,I,O); (out,in) -> (in,out).
 
 
-def _torch_shape(key: str, flax_shape: tuple[int, ...]) -> tuple[int, ...]:
-  if key == 'absolute_pos_embed':
-    return tuple(flax_shape)
-  if len(flax_shape) == 4:
-    return tuple(flax_shape[i] for i in (3, 2, 0, 1))
-  return tuple(reversed(flax_shape)) if len(flax_shape) == 2 else tuple(flax_shape)
-
-
-def _to_torch(key: str, value: np.ndarray) -> np.ndarray:
-  if key == 'absolute_pos_embed':
-    return value
-  if value.ndim == 4:
-    return value.transpose(3, 2, 0, 1)
-  if value.ndim == 2:
-    return value.T
-  return value
+def _torch_axes(key: str, ndim: int) -> tuple[int, ...]:
+  return tuple(int(i) for i in np.argsort(_flax_axes(key, ndim)))
 
 
 def torch_to_flax(state_dict: Mapping[str, np.ndarray], model: Sequencer) -> Params:
@@ -262,20 +251,20 @@ def torch_to_flax(state_dict: Mapping[str, np.ndarray], model: Sequencer) -> Par
   Raises ConversionError naming every missing, unexpected or mis-shaped tensor.
   """
   sd = to_timm_layout(state_dict)
-  flat = traverse_util.flatten_dict(abstract_params(model))
-  out, missing, wrong = {}, [], []
-  for path, spec in flat.items():
+  out, missing, wrong, used = {}, [], [], set()
+  for path, spec in traverse_util.flatten_dict(abstract_params(model)).items():
     key = _torch_key(path)
+    used.add(key)
     if key not in sd:
       missing.append(key)
       continue
     value = np.asarray(sd[key])
-    expected = _torch_shape(key, spec.shape)
+    expected = tuple(spec.shape[i] for i in _torch_axes(key, len(spec.shape)))
     if value.shape != expected:
       wrong.append(f'{key}: checkpoint {value.shape}, model expects {expected}')
       continue
-    out[path] = np.ascontiguousarray(_to_flax(key, value), dtype=spec.dtype)
-  used = {_torch_key(p) for p in flat}
+    out[path] = np.ascontiguousarray(value.transpose(_flax_axes(key, value.ndim)),
+                                     dtype=spec.dtype)
   unexpected = sorted(set(sd) - used)
   problems = []
   if missing:
@@ -295,7 +284,8 @@ def flax_to_torch(params: Params, layout: str = 'timm',
   sd = {}
   for path, value in traverse_util.flatten_dict(params).items():
     key = _torch_key(path)
-    sd[key] = np.ascontiguousarray(_to_torch(key, np.asarray(value, np.float32)))
+    value = np.asarray(value, np.float32)
+    sd[key] = np.ascontiguousarray(value.transpose(_torch_axes(key, value.ndim)))
   if layout == 'timm':
     return sd
   if layout == 'original':
@@ -325,7 +315,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], model_name: str | N
   from sequencer_jax.registry import create_model, model_info
   sd = to_timm_layout(state_dict)
   arch, checkpoint_classes = infer_arch(sd)
-  name = model_name or detect_model_name(sd)
+  name = model_name or _registered_name(arch)
   if model_info(name).arch != arch:
     found = name_for_arch(arch) or f'an unregistered architecture {arch}'
     raise ConversionError(f'the checkpoint holds {found} (read from its keys and shapes), '
@@ -371,6 +361,20 @@ def export_file(src: str, dst: str, layout: str | None = None) -> str:
   return layout
 
 
+def check_timm_available(name: str) -> None:
+  """Raises unless timm can build `name` and torch and timm are importable."""
+  if torch_layout_for(name) != 'timm':
+    raise ConversionError(f'timm has no model like {name} (it has only the LSTM Sequencer2D), '
+                          f'so it cannot be compared with timm')
+  try:
+    import torch  # noqa: F401
+
+    from sequencer_jax.torch_compat import import_timm
+    import_timm()
+  except ImportError as e:
+    raise ConversionError(f'comparing with timm needs torch and timm installed: {e}') from None
+
+
 def timm_logit_difference(state_dict: Mapping[str, np.ndarray], name: str, num_classes: int,
                           params: Params, batch: int = 2, seed: int = 0) -> float:
   """Max |logit difference| between timm on `state_dict` and our model on `params`.
@@ -380,19 +384,12 @@ def timm_logit_difference(state_dict: Mapping[str, np.ndarray], name: str, num_c
   import torch
 
   from sequencer_jax.registry import create_model, model_info
-  from sequencer_jax.torch_compat import import_timm
-  timm = import_timm()
+  from sequencer_jax.torch_compat import timm_sequencer
+  check_timm_available(name)
   info = model_info(name)
-  a = info.arch
-  if torch_layout_for(name) != 'timm':
-    raise ConversionError(f'--check needs timm, which has no {a.cell.upper()} / vanilla '
-                          f'Sequencer ({name})')
   sd = to_timm_layout(state_dict)
   _, checkpoint_classes = infer_arch(sd)
-  reference = timm.models.sequencer.Sequencer2d(
-      num_classes=checkpoint_classes, layers=a.layers, patch_sizes=a.patch_sizes,
-      embed_dims=a.embed_dims, hidden_sizes=a.hidden_sizes, mlp_ratios=(a.mlp_ratio,) * 4,
-      bidirectional=a.bidirectional, union=a.union, with_fc=a.with_fc).eval()
+  reference = timm_sequencer(info.arch, checkpoint_classes).eval()
   reference.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()},
                             strict=True)
   compare_logits = num_classes == checkpoint_classes and num_classes > 0

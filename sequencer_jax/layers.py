@@ -23,8 +23,7 @@ def timm_lecun_normal() -> Initializer:
     fan_in = 1
     for d in shape[:-1]:  # Flax conv kernel: (kh, kw, in, out).
       fan_in *= d
-    std = (1.0 / fan_in) ** 0.5 / _TRUNC_STD_CORRECTION
-    return jax.random.truncated_normal(key, -2.0 / std, 2.0 / std, shape, dtype) * std
+    return trunc_normal_abs((1.0 / fan_in) ** 0.5 / _TRUNC_STD_CORRECTION)(key, shape, dtype)
 
   return init
 

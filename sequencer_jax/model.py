@@ -7,6 +7,7 @@ Module names mirror timm's `sequencer.py` (`stem`, `stages_i/blocks_j/rnn_tokens
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any, Literal
 
 import flax.linen as nn
@@ -19,8 +20,8 @@ from sequencer_jax.layers import (DropPath, Dtype, Mlp, layer_norm, timm_lecun_n
 from sequencer_jax.recurrent import (GATES, RNN_IMPLS, BidirectionalRNN, CellType,
                                      fused_directions)
 
-Union = Literal['cat', 'add', 'vertical', 'horizontal']
-UNIONS = ('cat', 'add', 'vertical', 'horizontal')
+UnionMode = Literal['cat', 'add', 'vertical', 'horizontal']
+UNIONS: tuple[str, ...] = typing.get_args(UnionMode)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,12 +35,14 @@ class SequencerArch:
   mlp_ratio: float = 3.0
   cell: CellType = 'lstm'
   bidirectional: bool = True
-  union: Union = 'cat'
+  union: UnionMode = 'cat'
   with_fc: bool = True
   vanilla: bool = False  # 1D Sequencer: one BiRNN over the H*W raster sequence, no fc.
   pos_embed_size: int | None = None  # vanilla `ape`: learnable (1, n, n, C) embedding.
 
   def __post_init__(self) -> None:
+    for field in ('layers', 'patch_sizes', 'embed_dims', 'hidden_sizes'):
+      object.__setattr__(self, field, tuple(getattr(self, field)))  # Lists compare unequal.
     n = len(self.layers)
     for field in ('patch_sizes', 'embed_dims', 'hidden_sizes'):
       if len(getattr(self, field)) != n:
@@ -48,6 +51,9 @@ class SequencerArch:
       raise ValueError(f'unknown cell {self.cell!r}; expected one of {sorted(GATES)}')
     if self.union not in UNIONS:
       raise ValueError(f'unknown union {self.union!r}; expected one of {list(UNIONS)}')
+    if self.vanilla and (self.with_fc or self.union != 'cat'):
+      raise ValueError('the vanilla (1D) Sequencer has one RNN and no fc: it needs '
+                       "with_fc=False and union='cat'")
     for dim, hidden in zip(self.embed_dims, self.hidden_sizes):
       width = self.mixer_width(hidden)
       if not self.with_fc and width != dim:
@@ -65,12 +71,12 @@ class SequencerArch:
     return [float(r) for r in np.linspace(0.0, drop_path_rate, sum(self.layers))]
 
 
-def default_rnn_impl() -> str:
-  """The fastest implementation measured on the current backend (docs/performance.md)."""
-  return _DEFAULT_RNN_IMPL.get(jax.default_backend(), 'fused_vjp')
-
-
-_DEFAULT_RNN_IMPL = {'cpu': 'per_direction'}
+def default_rnn_impl(cell: CellType) -> str:
+  """What `rnn_impl='auto'` runs: the fastest measured on the CPU ('per_direction'); elsewhere,
+  unmeasured, the fused scan with the hand-written backward for LSTMs (docs/performance.md)."""
+  if jax.default_backend() == 'cpu':
+    return 'per_direction'
+  return 'fused_vjp' if cell == 'lstm' else 'fused'
 
 
 class RNN2D(nn.Module):
@@ -79,9 +85,9 @@ class RNN2D(nn.Module):
   hidden_size: int
   cell: CellType = 'lstm'
   bidirectional: bool = True
-  union: Union = 'cat'
+  union: UnionMode = 'cat'
   with_fc: bool = True
-  rnn_impl: str = 'per_direction'
+  rnn_impl: str = 'auto'
   rnn_unroll: int = 1
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -109,8 +115,10 @@ class RNN2D(nn.Module):
 def _run_rnns(x: jax.Array, rnns: list[tuple[BidirectionalRNN, int]], impl: str,
               unroll: int) -> list[jax.Array]:
   """Each bidirectional RNN's output ([forward, reverse] channels) over its axis of x."""
+  if impl == 'auto':
+    impl = default_rnn_impl(rnns[0][0].cell)
   if impl not in RNN_IMPLS:
-    raise ValueError(f'unknown rnn_impl {impl!r}; expected one of {list(RNN_IMPLS)} or "auto"')
+    raise ValueError(f'unknown rnn_impl {impl!r}; expected "auto" or one of {list(RNN_IMPLS)}')
   if impl == 'per_direction':
     return [rnn(x, axis) for rnn, axis in rnns]
   directions = [(d, axis) for rnn, axis in rnns for d in rnn.directions()]
@@ -124,7 +132,7 @@ class RNN1D(nn.Module):
   hidden_size: int
   cell: CellType = 'lstm'
   bidirectional: bool = True
-  rnn_impl: str = 'per_direction'
+  rnn_impl: str = 'auto'
   rnn_unroll: int = 1
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -145,7 +153,7 @@ class SequencerBlock(nn.Module):
   hidden_size: int
   drop_path: float = 0.0
   drop_rate: float = 0.0
-  rnn_impl: str = 'per_direction'
+  rnn_impl: str = 'auto'
   rnn_unroll: int = 1
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -175,9 +183,9 @@ class Sequencer(nn.Module):
   'dropout' rng) for dropout and stochastic depth, and `return_intermediates=True` to also get a
   dict of named activations: 'stem', 'stage0'..'stageN', 'pre_logits'.
 
-  `rnn_impl` picks the recurrence implementation (see `recurrent.py`; 'auto' is the fastest
-  measured on the current backend) and `rnn_unroll` its scan unrolling; neither changes the
-  parameters or the results beyond float rounding.
+  `rnn_impl` picks the recurrence implementation (see `recurrent.py` and `default_rnn_impl`
+  for 'auto') and `rnn_unroll` its scan unrolling; neither changes the parameters or the
+  results beyond float rounding.
   """
 
   arch: SequencerArch
@@ -213,13 +221,12 @@ class Sequencer(nn.Module):
       x = x + pos.astype(self.dtype)
     features['stem'] = x
     rates = a.drop_path_rates(self.drop_path_rate)
-    impl = default_rnn_impl() if self.rnn_impl == 'auto' else self.rnn_impl
     k = 0
     for i, depth in enumerate(a.layers):
       if i > 0:
         x = conv(a.embed_dims[i], a.patch_sizes[i], f'stages_{i}_downsample')(x)
       for j in range(depth):
-        x = SequencerBlock(a, a.hidden_sizes[i], rates[k], self.drop_rate, impl,
+        x = SequencerBlock(a, a.hidden_sizes[i], rates[k], self.drop_rate, self.rnn_impl,
                            self.rnn_unroll, self.dtype, self.param_dtype,
                            name=f'stages_{i}_blocks_{j}')(x, train)
         k += 1

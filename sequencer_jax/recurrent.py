@@ -30,7 +30,7 @@ from sequencer_jax.layers import Dtype, uniform_symmetric
 
 CellType = Literal['lstm', 'gru', 'rnn']
 GATES: dict[str, int] = {'lstm': 4, 'gru': 3, 'rnn': 1}
-RNN_IMPLS = ('per_direction', 'fused', 'fused_vjp')
+RNN_IMPLS = ('per_direction', 'fused', 'fused_vjp')  # Besides 'auto' (model.default_rnn_impl).
 Carry = tuple[jax.Array, ...]
 
 
@@ -40,13 +40,19 @@ def _matmul(x: jax.Array, kernel: jax.Array, dtype: Dtype) -> jax.Array:
                     preferred_element_type=jnp.float32)
 
 
+def lstm_gates(z: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """LSTM update from the pre-activations z (i,f,g,o blocks): (c', h', activated gates)."""
+  zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
+  i, f, g, o = jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg), jax.nn.sigmoid(zo)
+  c = f * c + i * g
+  return c, o * jnp.tanh(c), jnp.concatenate([i, f, g, o], axis=-1)
+
+
 def cell_update(cell: CellType, carry: Carry, gx: jax.Array,
                 gh: jax.Array) -> tuple[Carry, jax.Array]:
   """The gate arithmetic of one step, given gx = x W_ih + b_ih and gh = h W_hh + b_hh (float32)."""
   if cell == 'lstm':
-    i, f, g, o = jnp.split(gx + gh, 4, axis=-1)
-    c = jax.nn.sigmoid(f) * carry[0] + jax.nn.sigmoid(i) * jnp.tanh(g)
-    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    c, h, _ = lstm_gates(gx + gh, carry[0])
     return (c, h), h
   if cell == 'gru':
     xr, xz, xn = jnp.split(gx, 3, axis=-1)
@@ -160,7 +166,8 @@ def _lstm_scan_vjp(gx: jax.Array, kernel_hh: jax.Array, bias_hh: jax.Array, dtyp
   return _scan_stacked('lstm', gx, kernel_hh, bias_hh, dtype, unroll)
 
 
-def _lstm_scan_fwd(gx, kernel_hh, bias_hh, dtype, unroll):
+def _lstm_scan_fwd(gx: jax.Array, kernel_hh: jax.Array, bias_hh: jax.Array, dtype: Dtype,
+                   unroll: int) -> tuple[jax.Array, tuple[jax.Array, ...]]:
   k, _, n, _ = gx.shape
   hidden = kernel_hh.shape[1]
   bias = bias_hh.astype(jnp.float32)[:, None]
@@ -169,18 +176,16 @@ def _lstm_scan_fwd(gx, kernel_hh, bias_hh, dtype, unroll):
     c, h = carry
     z = gx_t + jnp.einsum('knh,khg->kng', h.astype(dtype), kernel_hh.astype(dtype),
                           preferred_element_type=jnp.float32) + bias
-    zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
-    i, f, g, o = jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg), jax.nn.sigmoid(zo)
-    c_new = f * c + i * g
-    h_new = o * jnp.tanh(c_new)
-    return (c_new, h_new), (h_new, c_new, jnp.concatenate([i, f, g, o], axis=-1))
+    c, h, acts = lstm_gates(z, c)
+    return (c, h), (h, c, acts)
 
   zero = jnp.zeros((k, n, hidden), jnp.float32)
   _, (hs, cs, acts) = jax.lax.scan(step, (zero, zero), jnp.swapaxes(gx, 0, 1), unroll=unroll)
   return jnp.swapaxes(hs, 0, 1), (hs, cs, acts, kernel_hh, bias_hh)
 
 
-def _lstm_scan_bwd(dtype, unroll, residuals, dhs):
+def _lstm_scan_bwd(dtype: Dtype, unroll: int, residuals: tuple[jax.Array, ...],
+                   dhs: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   hs, cs, acts, kernel_hh, bias_hh = residuals  # Time-major (T, k, N, .).
   zero = jnp.zeros_like(hs[0])
   c_prev = jnp.concatenate([zero[None], cs[:-1]], axis=0)

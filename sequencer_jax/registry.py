@@ -37,7 +37,8 @@ _REGISTRY: dict[str, ModelInfo] = {
     'sequencer2d_s': ModelInfo(_arch(_S), timm_name='sequencer2d_s'),
     'sequencer2d_m': ModelInfo(_arch(_M), timm_name='sequencer2d_m'),
     'sequencer2d_l': ModelInfo(_arch(_L), timm_name='sequencer2d_l'),
-    # Same architectures; their configs (like the original's) point at the 392 fine-tune recipe.
+    # Same architectures. The original gives these the 224 models' eval config (224, crop 0.875);
+    # here they carry the 392 fine-tune's (392, crop 1.0), which is what they are evaluated at.
     'sequencer2d_s_392': ModelInfo(_arch(_S), input_size=392, crop_pct=1.0),
     'sequencer2d_m_392': ModelInfo(_arch(_M), input_size=392, crop_pct=1.0),
     'sequencer2d_l_392': ModelInfo(_arch(_L), input_size=392, crop_pct=1.0),

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from sequencer_jax.model import SequencerArch
+
 
 class _FrozenBatchNorm2d(torch.nn.Module):
   def __init__(self, *args, **kwargs):
@@ -72,3 +74,15 @@ def import_timm() -> Any:
   _install_stand_in()
   import timm
   return timm
+
+
+def timm_sequencer(arch: SequencerArch, num_classes: int = 1000) -> torch.nn.Module:
+  """timm's `Sequencer2d` with this architecture (2D LSTM models only)."""
+  if arch.cell != 'lstm' or arch.vanilla:
+    raise ValueError(f'timm has only the LSTM Sequencer2D, not {arch.cell} / vanilla models')
+  timm = import_timm()
+  return timm.models.sequencer.Sequencer2d(
+      num_classes=num_classes, layers=arch.layers, patch_sizes=arch.patch_sizes,
+      embed_dims=arch.embed_dims, hidden_sizes=arch.hidden_sizes,
+      mlp_ratios=(arch.mlp_ratio,) * len(arch.layers), bidirectional=arch.bidirectional,
+      union=arch.union, with_fc=arch.with_fc)

@@ -198,8 +198,9 @@ def test_wrong_model_name_and_existing_destination(tmp_path, state_dict, capsys)
   assert _run(src, tmp_path / 'ours') == 0
   damaged = tmp_path / 'damaged'
   shutil.copytree(tmp_path / 'ours', damaged)
-  chunk = next(p for p in sorted((damaged / 'params' / 'd').iterdir()))
-  chunk.write_bytes(chunk.read_bytes()[:100])
+  chunk = max((p for p in (damaged / 'params').rglob('*') if p.is_file()),
+              key=lambda p: p.stat().st_size)  # The tensor data.
+  chunk.write_bytes(chunk.read_bytes()[:chunk.stat().st_size // 2])
   # In a subprocess: after a failed read, orbax's pending reads complain at interpreter exit.
   load = subprocess.run(
       [sys.executable, '-c', 'import sys, sequencer_jax; sequencer_jax.load_pretrained(sys.argv[1])',
@@ -226,3 +227,23 @@ def test_load_pretrained_refuses_what_is_not_a_model_checkpoint(tmp_path):
 def test_state_dict_that_is_not_a_sequencer(tmp_path):
   with pytest.raises(convert.ConversionError, match='not a Sequencer state_dict'):
     convert.convert_state_dict({'conv1.weight': np.zeros((64, 3, 7, 7), np.float32)})
+
+
+def test_check_is_refused_before_writing_for_models_timm_lacks(tmp_path, capsys):
+  from torch_reference import OriginalSequencer
+  gru = OriginalSequencer(sequencer_jax.model_info('gru_sequencer2d_s').arch)
+  src = _torch_save(gru.state_dict(), tmp_path / 'gru.pth')
+  assert _run(src, tmp_path / 'out', '--check') == 1
+  assert 'timm has no model like gru_sequencer2d_s' in capsys.readouterr().err
+  assert not (tmp_path / 'out').exists()
+  assert _run(src, tmp_path / 'out') == 0  # Without --check it converts.
+
+
+@pytest.mark.parametrize('argv', [['--to-torch', 'a', 'b.safetensors', '--check'],
+                                  ['--to-torch', 'a', 'b.safetensors', '--num-classes', '3'],
+                                  ['a.pth', 'b', '--layout', 'timm']])
+def test_flags_that_do_not_apply_are_refused(argv, capsys):
+  with pytest.raises(SystemExit):
+    _run(*argv)
+  err = capsys.readouterr().err
+  assert 'applies to --to-torch only' in err or 'apply to conversion, not to --to-torch' in err

@@ -7,6 +7,7 @@ Same parameters for all (one `init`), CPU, fp32, highest matmul precision. Toler
 from __future__ import annotations
 
 import functools
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -102,4 +103,7 @@ def test_bad_implementation_choices_are_clear_errors():
     RNN2D(4, rnn_impl='cudnn').init(jax.random.key(0), x)
   with pytest.raises(ValueError, match="'fused_vjp' implements the LSTM only, not 'gru'"):
     RNN2D(4, cell='gru', rnn_impl='fused_vjp').init(jax.random.key(0), x)
-  assert default_rnn_impl() in RNN_IMPLS
+  assert default_rnn_impl('lstm') == 'per_direction'  # This CPU.
+  with mock.patch('jax.default_backend', return_value='gpu'):
+    assert default_rnn_impl('lstm') == 'fused_vjp'
+    assert default_rnn_impl('gru') == 'fused' and default_rnn_impl('rnn') == 'fused'
