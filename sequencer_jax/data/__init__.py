@@ -1,0 +1,1 @@
+"""Input pipeline. The only part of sequencer_jax that imports TensorFlow (CPU only)."""
