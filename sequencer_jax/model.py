@@ -100,8 +100,7 @@ class RNN2D(nn.Module):
     rnns = {name: BidirectionalRNN(x.shape[-1], self.hidden_size, self.cell, self.bidirectional,
                                    self.rnn_unroll, self.dtype, self.param_dtype, name=name)
             for name in axes}
-    outputs = _run_rnns(x, [(rnns[name], axis) for name, axis in axes.items()], self.rnn_impl,
-                        self.rnn_unroll)
+    outputs = _run_rnns(x, [(rnns[name], axis) for name, axis in axes.items()], self.rnn_impl)
     if self.union == 'add':
       y = outputs[0] + outputs[1]
     else:  # cat: [v_fwd, v_rev, h_fwd, h_rev]; vertical / horizontal: one branch.
@@ -112,8 +111,8 @@ class RNN2D(nn.Module):
     return y
 
 
-def _run_rnns(x: jax.Array, rnns: list[tuple[BidirectionalRNN, int]], impl: str,
-              unroll: int) -> list[jax.Array]:
+def _run_rnns(x: jax.Array, rnns: list[tuple[BidirectionalRNN, int]],
+              impl: str) -> list[jax.Array]:
   """Each bidirectional RNN's output ([forward, reverse] channels) over its axis of x."""
   if impl == 'auto':
     impl = default_rnn_impl(rnns[0][0].cell)
@@ -122,7 +121,7 @@ def _run_rnns(x: jax.Array, rnns: list[tuple[BidirectionalRNN, int]], impl: str,
   if impl == 'per_direction':
     return [rnn(x, axis) for rnn, axis in rnns]
   directions = [(d, axis) for rnn, axis in rnns for d in rnn.directions()]
-  hs = iter(fused_directions(x, directions, impl, unroll))
+  hs = iter(fused_directions(x, directions, impl))
   return [jnp.concatenate([next(hs) for _ in rnn.directions()], axis=-1) for rnn, _ in rnns]
 
 
@@ -142,7 +141,7 @@ class RNN1D(nn.Module):
     b, h, w, c = x.shape
     rnn = BidirectionalRNN(c, self.hidden_size, self.cell, self.bidirectional, self.rnn_unroll,
                            self.dtype, self.param_dtype, name='rnn')
-    (y,) = _run_rnns(x.reshape(b, h * w, c), [(rnn, 1)], self.rnn_impl, self.rnn_unroll)
+    (y,) = _run_rnns(x.reshape(b, h * w, c), [(rnn, 1)], self.rnn_impl)
     return y.reshape(b, h, w, -1)
 
 

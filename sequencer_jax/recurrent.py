@@ -217,14 +217,16 @@ def _lstm_scan_bwd(dtype: Dtype, unroll: int, residuals: tuple[jax.Array, ...],
 _lstm_scan_vjp.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
 
 
-def fused_directions(x: jax.Array, directions: Sequence[tuple[Recurrence, int]], impl: str,
-                     unroll: int = 1) -> list[jax.Array]:
+def fused_directions(x: jax.Array, directions: Sequence[tuple[Recurrence, int]],
+                     impl: str) -> list[jax.Array]:
   """Runs every (direction, axis) over x: one input projection, one scan per sequence shape.
+
+  Cell, dtype and unrolling are the directions' own (they share them).
 
   Returns each direction's hidden states laid out like x (the sequence axis in place).
   """
   first = directions[0][0]
-  cell, dtype, hidden = first.cell, first.dtype, first.hidden_size
+  cell, dtype, hidden, unroll = first.cell, first.dtype, first.hidden_size, first.unroll
   if impl == 'fused_vjp' and cell != 'lstm':
     raise ValueError(f"rnn_impl 'fused_vjp' implements the LSTM only, not {cell!r}; "
                      f"use 'fused' or 'per_direction'")
