@@ -184,7 +184,8 @@ class Sequencer(nn.Module):
 
   `rnn_impl` picks the recurrence implementation (see `recurrent.py` and `default_rnn_impl`
   for 'auto') and `rnn_unroll` its scan unrolling; neither changes the parameters or the
-  results beyond float rounding.
+  results beyond float rounding. `remat` recomputes each block's activations in the backward pass
+  instead of keeping them (less memory, about one more forward pass of compute).
   """
 
   arch: SequencerArch
@@ -196,6 +197,7 @@ class Sequencer(nn.Module):
   rnn_unroll: int = 1
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False,
@@ -220,12 +222,13 @@ class Sequencer(nn.Module):
       x = x + pos.astype(self.dtype)
     features['stem'] = x
     rates = a.drop_path_rates(self.drop_path_rate)
+    block = nn.remat(SequencerBlock, static_argnums=(2,)) if self.remat else SequencerBlock
     k = 0
     for i, depth in enumerate(a.layers):
       if i > 0:
         x = conv(a.embed_dims[i], a.patch_sizes[i], f'stages_{i}_downsample')(x)
       for j in range(depth):
-        x = SequencerBlock(a, a.hidden_sizes[i], rates[k], self.drop_rate, self.rnn_impl,
+        x = block(a, a.hidden_sizes[i], rates[k], self.drop_rate, self.rnn_impl,
                            self.rnn_unroll, self.dtype, self.param_dtype,
                            name=f'stages_{i}_blocks_{j}')(x, train)
         k += 1

@@ -85,9 +85,20 @@ def name_for_arch(arch: SequencerArch) -> str | None:
 def create_model(name: str, num_classes: int = 1000, *, drop_rate: float = 0.0,
                  head_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
                  rnn_impl: str = 'auto', rnn_unroll: int = 1, dtype: Any = jnp.float32,
-                 param_dtype: Any = jnp.float32) -> Sequencer:
-  """Build the registered model `name` (an unknown name raises, listing the valid names)."""
-  return Sequencer(model_info(name).arch, num_classes=num_classes, drop_rate=drop_rate,
+                 param_dtype: Any = jnp.float32, remat: bool = False,
+                 **arch_overrides: Any) -> Sequencer:
+  """Build the registered model `name` (an unknown name raises, listing the valid names).
+
+  `arch_overrides` replace fields of the registered architecture (e.g. `layers=(2, 2)`).
+  """
+  arch = model_info(name).arch
+  unknown = sorted(set(arch_overrides) - {f.name for f in dataclasses.fields(arch)})
+  if unknown:
+    raise ValueError(f'unknown architecture field(s) {", ".join(unknown)}; valid: '
+                     f'{", ".join(f.name for f in dataclasses.fields(arch))}')
+  arch = dataclasses.replace(arch, **{k: tuple(v) if isinstance(v, list) else v
+                                      for k, v in arch_overrides.items()})
+  return Sequencer(arch, num_classes=num_classes, drop_rate=drop_rate,
                    head_drop_rate=head_drop_rate, drop_path_rate=drop_path_rate,
                    rnn_impl=rnn_impl, rnn_unroll=rnn_unroll, dtype=dtype,
-                   param_dtype=param_dtype)
+                   param_dtype=param_dtype, remat=remat)

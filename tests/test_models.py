@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import sequencer_jax
+from sequencer_jax import create_model
 from sequencer_jax.model import SequencerArch, abstract_params
 from sequencer_jax.recurrent import BidirectionalRNN, Recurrence
 
@@ -212,3 +213,20 @@ def test_model_conversion_and_benchmark_import_without_tensorflow():
   result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                           cwd=root, timeout=300)
   assert result.returncode == 0 and result.stdout.strip() == 'ok', result.stderr[-2000:]
+
+
+def test_remat_gives_the_same_gradients_and_overrides_are_checked():
+  model = create_model('sequencer2d_s', 10, layers=(2, 1), patch_sizes=(4, 2),
+                       embed_dims=(16, 32), hidden_sizes=(4, 8), drop_path_rate=0.1)
+  x = jnp.linspace(-1, 1, 2 * 16 * 16 * 3).reshape(2, 16, 16, 3)
+  params = jax.jit(model.init)(jax.random.key(0), x)
+  params = jax.tree.map(lambda a: a + 0.01, params)  # A non-zero head, so gradients flow.
+
+  def grads(m):
+    loss = lambda p: m.apply(p, x, train=True, rngs={'dropout': jax.random.key(3)}).sum()
+    return jax.jit(jax.grad(loss))(params)
+
+  for a, b in zip(jax.tree.leaves(grads(model)), jax.tree.leaves(grads(model.clone(remat=True)))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match='unknown architecture field.*layerz.*valid: layers'):
+    create_model('sequencer2d_s', layerz=(1,))
