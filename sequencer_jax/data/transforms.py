@@ -57,3 +57,138 @@ def eval_transform(image: tf.Tensor, size: int, crop_pct: float = 0.875) -> tf.T
   bicubic, centre-crop `size`, normalise. uint8 RGB in, float32 (size, size, 3) out."""
   image = resize_shorter_side(image, int(math.floor(size / crop_pct)))
   return normalize(center_crop(image, size))
+
+
+def _uniform(seed: tf.Tensor, low: float | tf.Tensor = 0.0, high: float | tf.Tensor = 1.0,
+             shape: tuple[int, ...] = ()) -> tf.Tensor:
+  return tf.random.stateless_uniform(shape, seed, minval=low, maxval=high, dtype=tf.float32)
+
+
+def _randint(seed: tf.Tensor, high: tf.Tensor) -> tf.Tensor:
+  """Python's `random.randint(0, high)`: both ends included."""
+  return tf.random.stateless_uniform((), seed, minval=0, maxval=high + 1, dtype=tf.int32)
+
+
+def random_resized_crop_window(height: tf.Tensor, width: tf.Tensor, seed: tf.Tensor,
+                               scale: tuple[float, float] = (0.08, 1.0),
+                               ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tf.Tensor:
+  """timm's `RandomResizedCropAndInterpolation.get_params`: [top, left, h, w] of the crop.
+
+  Ten attempts of area fraction U(scale) and log-uniform aspect ratio; the first that fits is
+  placed uniformly; if none fits, the largest centred crop within `ratio`.
+  """
+  attempts, place = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  seeds = tf.unstack(tf.random.experimental.stateless_split(attempts, 2))
+  area = tf.cast(height * width, tf.float32)
+  target_area = _uniform(seeds[0], scale[0], scale[1], (10,)) * area
+  aspect = tf.exp(_uniform(seeds[1], math.log(ratio[0]), math.log(ratio[1]), (10,)))
+  ws = tf.cast(tf.round(tf.sqrt(target_area * aspect)), tf.int32)
+  hs = tf.cast(tf.round(tf.sqrt(target_area / aspect)), tf.int32)
+  fits = (ws <= width) & (hs <= height) & (ws > 0) & (hs > 0)
+  first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+
+  def sampled():
+    h, w = hs[first], ws[first]
+    top_seed, left_seed = tf.unstack(tf.random.experimental.stateless_split(place, 2))
+    return tf.stack([_randint(top_seed, height - h), _randint(left_seed, width - w), h, w])
+
+  def fallback():
+    in_ratio = tf.cast(width, tf.float32) / tf.cast(height, tf.float32)
+    w = tf.where(in_ratio > max(ratio),
+                 tf.cast(tf.round(tf.cast(height, tf.float32) * max(ratio)), tf.int32), width)
+    h = tf.where(in_ratio < min(ratio),
+                 tf.cast(tf.round(tf.cast(width, tf.float32) / min(ratio)), tf.int32), height)
+    return tf.stack([(height - h) // 2, (width - w) // 2, h, w])
+
+  return tf.cond(tf.reduce_any(fits), sampled, fallback)
+
+
+def resize_to(image: tf.Tensor, size: int, method: tf.Tensor | str) -> tf.Tensor:
+  """PIL's `resize((size, size), BILINEAR or BICUBIC)` (antialiased), uint8 in and out.
+
+  `method` is 'bilinear', 'bicubic', or a boolean tensor (True: bicubic) for a random choice.
+  """
+  def resize(name):
+    out = tf.image.resize(image, (size, size), method=name, antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+
+  if isinstance(method, str):
+    return resize(method)
+  return tf.cond(method, lambda: resize('bicubic'), lambda: resize('bilinear'))
+
+
+def decode_random_resized_crop(encoded: tf.Tensor, size: int, seed: tf.Tensor,
+                               scale: tuple[float, float] = (0.08, 1.0),
+                               ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                               interpolation: str = 'random', fused: bool = True) -> tf.Tensor:
+  """Decode + timm's RandomResizedCropAndInterpolation to (size, size), uint8 RGB.
+
+  `interpolation` is 'bilinear', 'bicubic' or 'random' (either, with probability 1/2, as timm's
+  default `--train-interpolation random`). With `fused`, JPEGs decode only the crop window, which
+  is much faster for small crops; libjpeg then upsamples chroma at the window's edge from the edge
+  itself, so pixels in the outermost chroma block row/column can differ from a full decode.
+  """
+  crop_seed, interp_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  if interpolation == 'random':
+    method = _uniform(interp_seed) < 0.5
+  elif interpolation in ('bilinear', 'bicubic'):
+    method = interpolation
+  else:
+    raise ValueError(f"interpolation must be 'random', 'bilinear' or 'bicubic', "
+                     f'got {interpolation!r}')
+
+  def window(shape):
+    return random_resized_crop_window(shape[0], shape[1], crop_seed, scale, ratio)
+
+  def fused_jpeg():
+    return tf.image.decode_and_crop_jpeg(encoded, window(tf.io.extract_jpeg_shape(encoded)),
+                                         channels=3, dct_method='INTEGER_ACCURATE')
+
+  def decode_then_crop():
+    image = decode_rgb(encoded)
+    top, left, h, w = tf.unstack(window(tf.shape(image)))
+    return image[top:top + h, left:left + w]
+
+  if fused:
+    crop = tf.cond(tf.io.is_jpeg(encoded), fused_jpeg, decode_then_crop)
+  else:
+    crop = decode_then_crop()
+  return resize_to(crop, size, method)
+
+
+def random_flip(image: tf.Tensor, seed: tf.Tensor, prob: float = 0.5) -> tf.Tensor:
+  """torchvision's RandomHorizontalFlip(prob)."""
+  return tf.cond(_uniform(seed) < prob, lambda: tf.reverse(image, axis=[1]), lambda: image)
+
+
+def random_erasing(image: tf.Tensor, seed: tf.Tensor, prob: float = 0.25,
+                   min_area: float = 0.02, max_area: float = 1 / 3,
+                   min_aspect: float = 0.3) -> tf.Tensor:
+  """timm's RandomErasing in `pixel` mode with one box, on a normalised float image.
+
+  With probability `prob`: up to ten attempts of area fraction U(min_area, max_area) and
+  log-uniform aspect ratio in (min_aspect, 1 / min_aspect); the first box strictly inside the
+  image is placed uniformly and filled with per-pixel N(0, 1) noise; if none fits, no change.
+  """
+  gate, attempts, place, noise = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
+  shape = tf.shape(image)
+  height, width = shape[0], shape[1]
+
+  def erase():
+    area_seed, aspect_seed = tf.unstack(tf.random.experimental.stateless_split(attempts, 2))
+    target_area = _uniform(area_seed, min_area, max_area, (10,)) * tf.cast(height * width,
+                                                                            tf.float32)
+    aspect = tf.exp(_uniform(aspect_seed, math.log(min_aspect), -math.log(min_aspect), (10,)))
+    hs = tf.cast(tf.round(tf.sqrt(target_area * aspect)), tf.int32)
+    ws = tf.cast(tf.round(tf.sqrt(target_area / aspect)), tf.int32)
+    fits = (ws < width) & (hs < height)
+    first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+    h, w = hs[first], ws[first]
+    top_seed, left_seed = tf.unstack(tf.random.experimental.stateless_split(place, 2))
+    top, left = _randint(top_seed, height - h), _randint(left_seed, width - w)
+    rows, cols = tf.range(height)[:, None, None], tf.range(width)[None, :, None]
+    inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
+    fill = tf.random.stateless_normal(shape, noise, dtype=image.dtype)
+    return tf.where(inside & tf.reduce_any(fits), fill, image)
+
+  return tf.cond(_uniform(gate) < prob, erase, lambda: image)

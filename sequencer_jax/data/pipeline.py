@@ -1,0 +1,224 @@
+"""tf.data pipelines: timm's training augmentation and its validation transform, per process.
+
+Training reads one process's share of the split per epoch in a reproducible order (seeded by the
+run's seed, the epoch and the process), drops the last incomplete batch as timm's loader does,
+and gives every process the same number of steps. Every random draw is stateless, derived from
+(seed, epoch, process, position in the epoch), so a run resumed at step k sees exactly the
+batches an uninterrupted run would have seen.
+
+Evaluation reads each example exactly once over all processes: every process runs the same
+number of batches, the last ones padded with masked-out zero images.
+
+A file that cannot be decoded is skipped, logged with its name and counted (`skipped`), never a
+crash; on resume, records are skipped before decoding, so undecodable files inside the part of
+an epoch that is skipped shift the rest of that epoch by their count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from sequencer_jax.data import randaugment, transforms
+from sequencer_jax.data.folder import DatasetError
+from sequencer_jax.data.sources import Source
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainAugment:
+  """Training augmentation. Each field mirrors the timm 0.5.4 train.py flag named beside it."""
+
+  scale: tuple[float, float] = (0.08, 1.0)  # --scale
+  ratio: tuple[float, float] = (3 / 4, 4 / 3)  # --ratio
+  interpolation: str = 'random'  # --train-interpolation
+  hflip: float = 0.5  # --hflip
+  auto_augment: str | None = 'rand-m9-mstd0.5-inc1'  # --aa (None: off)
+  color_jitter: float = 0.4  # --color-jitter (used only when auto_augment is None)
+  reprob: float = 0.25  # --reprob
+  remode: str = 'pixel'  # --remode
+  recount: int = 1  # --recount
+  fused_decode: bool = True  # (no timm flag) decode only the crop window of JPEGs
+
+  def __post_init__(self):
+    if self.remode != 'pixel':
+      raise ValueError(f"remode {self.remode!r} is not supported; only 'pixel' (the paper's)")
+    if self.recount != 1:
+      raise ValueError(f'recount {self.recount} is not supported; only 1 (the paper\'s)')
+    if not 0.0 <= self.hflip <= 1.0 or not 0.0 <= self.reprob <= 1.0:
+      raise ValueError(f'hflip {self.hflip} and reprob {self.reprob} must be in [0, 1]')
+    if self.auto_augment is not None:
+      randaugment.parse_rand_augment(self.auto_augment)
+
+
+def _options() -> tf.data.Options:
+  options = tf.data.Options()
+  options.deterministic = True
+  options.threading.max_intra_op_parallelism = 1
+  options.autotune.ram_budget = 4 << 30
+  return options
+
+
+def _fold(seed: tf.Tensor, *values) -> tf.Tensor:
+  for value in values:
+    seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(value, tf.int64))
+  return seed
+
+
+def train_transform(encoded: tf.Tensor, seed: tf.Tensor, size: int,
+                    augment: TrainAugment) -> tf.Tensor:
+  """One training image: decode + RandomResizedCrop, flip, RandAugment or colour jitter,
+  normalise, RandomErasing. Encoded bytes in, float32 (size, size, 3) out."""
+  crop, flip, colour, erase = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
+  image = transforms.decode_random_resized_crop(
+      encoded, size, crop, augment.scale, augment.ratio, augment.interpolation,
+      augment.fused_decode)
+  image = transforms.random_flip(image, flip, augment.hflip)
+  if augment.auto_augment is not None:
+    # timm hands the train interpolation to RandAugment ('random': a coin per op).
+    config = randaugment.parse_rand_augment(augment.auto_augment,
+                                            interpolation=augment.interpolation)
+    image = randaugment.rand_augment(image, colour, config)
+  elif augment.color_jitter > 0:
+    image = randaugment.color_jitter(image, colour, augment.color_jitter, augment.color_jitter,
+                                     augment.color_jitter)
+  image = transforms.normalize(image)
+  if augment.reprob > 0:
+    image = transforms.random_erasing(image, erase, augment.reprob)
+  return image
+
+
+class _Batches:
+  """Numpy batches of a tf.data pipeline whose elements carry their record position; a gap in
+  the positions is a skipped (undecodable) record, named in a warning and counted.
+
+  Positions run up to `end_position`; with `covers_end`, the last batch must have seen them all.
+  """
+
+  def __init__(self, dataset: tf.data.Dataset, num_batches: int,
+               describe: Callable[[int], str], end_position: int, first_position: int = 0,
+               covers_end: bool = False):
+    self._iterator = dataset.as_numpy_iterator()
+    self._describe = describe
+    self._next_position = first_position
+    self._end_position = end_position
+    self._covers_end = covers_end
+    self.num_batches = num_batches
+    self.remaining = num_batches
+    self.skipped: list[str] = []
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self.remaining == 0:
+      raise StopIteration
+    try:
+      batch = next(self._iterator)
+    except StopIteration:
+      self._skip_until(self._end_position)
+      raise DatasetError(f'the data ran out {self.remaining} batch(es) early: '
+                         f'{len(self.skipped)} record(s) could not be decoded '
+                         f'(first: {", ".join(self.skipped[:5])})') from None
+    self.remaining -= 1
+    for position in batch.pop('position'):
+      if position >= 0:  # Not padding.
+        self._skip_until(position)
+    if self.remaining == 0 and self._covers_end:
+      self._skip_until(self._end_position)
+    return batch
+
+  def _skip_until(self, position: int) -> None:
+    for missing in range(self._next_position, position):
+      name = self._describe(missing)
+      if name in self.skipped:  # Seen again in the second pass of a training epoch.
+        continue
+      self.skipped.append(name)
+      log.warning('skipped an image that cannot be decoded: %s (%d skipped so far)', name,
+                  len(self.skipped))
+    self._next_position = max(self._next_position, position + 1)
+
+
+def steps_per_epoch(source: Source, global_batch: int, process_count: int) -> int:
+  """Training steps per epoch: the smallest share's full batches (timm drops the last one)."""
+  if global_batch % process_count:
+    raise ValueError(f'the global batch {global_batch} does not split evenly over '
+                     f'{process_count} processes')
+  local = global_batch // process_count
+  steps = min(source.shard_size(i, process_count) for i in range(process_count)) // local
+  if steps == 0:
+    raise DatasetError(f'{source.num_examples} training examples over {process_count} '
+                       f'process(es) do not fill one batch of {global_batch}')
+  return steps
+
+
+def train_batches(source: Source, *, global_batch: int, image_size: int,
+                  augment: TrainAugment, seed: int, epoch: int, start_step: int = 0,
+                  process_index: int = 0, process_count: int = 1) -> _Batches:
+  """This process's batches of training epoch `epoch` from step `start_step` on.
+
+  Yields {'image': float32 (b, size, size, 3), 'label': int32 (b,)} with b = global_batch /
+  process_count, for exactly `steps_per_epoch - start_step` steps on every process.
+  """
+  steps = steps_per_epoch(source, global_batch, process_count)
+  if not 0 <= start_step < steps:
+    raise ValueError(f'start_step {start_step} is not in [0, {steps})')
+  local = global_batch // process_count
+  epoch_seed = int(np.random.SeedSequence([seed, epoch, process_index]).generate_state(1)[0])
+  base = tf.constant([seed, epoch * process_count + process_index], tf.int64)
+
+  def example(position, record):
+    image = train_transform(record['image'], _fold(base, position), image_size, augment)
+    return {'image': image, 'label': record['label'], 'position': position}
+
+  records = source.records(process_index, process_count, shuffle_seed=epoch_seed)
+  # A second pass over the same order stands in for records that turn out undecodable.
+  dataset = (records.repeat(2).enumerate().skip(start_step * local)
+             .map(example, num_parallel_calls=tf.data.AUTOTUNE)
+             .ignore_errors()
+             .batch(local, drop_remainder=True)
+             .prefetch(2)
+             .with_options(_options()))
+  size = source.shard_size(process_index, process_count)
+  return _Batches(dataset, steps - start_step,
+                  lambda p: source.describe(process_index, process_count, epoch_seed, p % size),
+                  end_position=2 * size, first_position=start_step * local)
+
+
+def eval_batches(source: Source, *, batch_size: int, image_size: int, crop_pct: float,
+                 process_index: int = 0, process_count: int = 1) -> _Batches:
+  """This process's evaluation batches: {'image', 'label', 'mask'} with b = batch_size /
+  process_count. Every process runs the same number of batches; padding has mask False."""
+  if batch_size % process_count:
+    raise ValueError(f'the eval batch {batch_size} does not split evenly over {process_count} '
+                     f'processes')
+  local = batch_size // process_count
+  num_batches = math.ceil(max(source.shard_size(i, process_count)
+                              for i in range(process_count)) / local)
+
+  def example(position, record):
+    image = transforms.eval_transform(transforms.decode_rgb(record['image']), image_size,
+                                      crop_pct)
+    return {'image': image, 'label': record['label'], 'mask': True, 'position': position}
+
+  padding = tf.data.Dataset.from_tensors({
+      'image': tf.zeros((image_size, image_size, 3), tf.float32),
+      'label': tf.constant(0, tf.int32), 'mask': False,
+      'position': tf.constant(-1, tf.int64)}).repeat()
+  dataset = (source.records(process_index, process_count).enumerate()
+             .map(example, num_parallel_calls=tf.data.AUTOTUNE)
+             .ignore_errors()
+             .concatenate(padding)
+             .batch(local)
+             .take(num_batches)
+             .prefetch(2)
+             .with_options(_options()))
+  return _Batches(dataset, num_batches,
+                  lambda p: source.describe(process_index, process_count, None, p),
+                  end_position=source.shard_size(process_index, process_count), covers_end=True)
