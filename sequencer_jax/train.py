@@ -1,0 +1,351 @@
+"""Training and evaluation: `train_and_evaluate(config, workdir)` runs a whole experiment.
+
+The same code runs on one CPU, a GPU host, several GPU hosts and TPU pod slices: every process
+runs this function with the same config; each reads its own share of the data; one jitted step
+runs over a mesh of all devices. Resume order: the newest complete checkpoint in the workdir,
+else `config.init_from`, else a fresh initialisation. See configs/default.py for every field.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from clu import metric_writers
+
+from sequencer_jax import optim, sharding, train_step
+from sequencer_jax.checkpoint import CheckpointError as ModelCheckpointError
+from sequencer_jax.checkpoint import load_pretrained, read_model_record
+from sequencer_jax.data import pipeline, sources, synthetic
+from sequencer_jax.mixup import MixupConfig
+from sequencer_jax.model import Sequencer, abstract_params
+from sequencer_jax.registry import create_model
+from sequencer_jax.train_checkpoints import TrainCheckpoints, run_record
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+  """Training cannot go on; the message says why and what was kept."""
+
+
+def build_model(config: ml_collections.ConfigDict, *, train: bool = True) -> Sequencer:
+  """The model of `config.model` (registered name plus architecture overrides)."""
+  m = config.model
+  dtypes = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+  if m.dtype not in dtypes:
+    raise ValueError(f'model.dtype must be one of {", ".join(dtypes)}, got {m.dtype!r}')
+  return create_model(m.name, m.num_classes, drop_rate=m.drop_rate if train else 0.0,
+                      drop_path_rate=m.drop_path_rate if train else 0.0, rnn_impl=m.rnn_impl,
+                      dtype=dtypes[m.dtype], remat=m.remat, **m.arch.to_dict())
+
+
+def schedule_config(config: ml_collections.ConfigDict) -> optim.ScheduleConfig:
+  """The learning-rate schedule, with the peak scaled from the reference batch if asked."""
+  o = config.optim
+  lr = o.lr
+  if o.scale_lr_with_batch:
+    lr = optim.scale_learning_rate(lr, config.global_batch_size, o.reference_batch)
+  return optim.ScheduleConfig(lr=lr, warmup_lr=o.warmup_lr, min_lr=o.min_lr, epochs=o.epochs,
+                              warmup_epochs=o.warmup_epochs, cooldown_epochs=o.cooldown_epochs,
+                              per_step=o.per_step_lr)
+
+
+def build_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
+                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW with the masked weight decay and optional clipping, and its learning-rate schedule."""
+  schedule = optim.learning_rate_schedule(schedule_config(config), steps_per_epoch)
+  o = config.optim
+  return optim.create_optimizer(schedule, b1=o.b1, b2=o.b2, eps=o.eps,
+                                weight_decay=o.weight_decay, clip_grad_norm=o.clip_grad), schedule
+
+
+def train_augment(config: ml_collections.ConfigDict) -> pipeline.TrainAugment:
+  a = config.aug
+  return pipeline.TrainAugment(
+      scale=tuple(a.scale), ratio=tuple(a.ratio), interpolation=a.interpolation, hflip=a.hflip,
+      auto_augment=a.auto_augment or None, color_jitter=a.color_jitter, reprob=a.reprob,
+      remode=a.remode, recount=a.recount, fused_decode=a.fused_decode)
+
+
+def mixup_config(config: ml_collections.ConfigDict) -> MixupConfig | None:
+  a = config.aug
+  if a.mixup <= 0 and a.cutmix <= 0:
+    return None
+  return MixupConfig(num_classes=config.model.num_classes, mixup_alpha=a.mixup,
+                     cutmix_alpha=a.cutmix, switch_prob=a.mixup_switch_prob, prob=a.mixup_prob,
+                     label_smoothing=a.smoothing)
+
+
+def init_params(config: ml_collections.ConfigDict, model: Sequencer) -> Any | None:
+  """Parameters from `config.init_from`, with the head replaced when num_classes differs (the
+  new head is zero, as timm leaves it); None when there is nothing to load."""
+  if not config.init_from:
+    return None
+  path = config.init_from
+  try:
+    record = read_model_record(path)
+  except ModelCheckpointError as e:
+    raise TrainingError(f'init_from: {e}') from None
+  source_model, variables = load_pretrained(path)
+  params = variables['params']
+  target = abstract_params(model)
+  if source_model.arch != model.arch:
+    raise TrainingError(f'init_from {path} holds {record["name"]}, whose architecture differs '
+                        f'from this config\'s model ({config.model.name} with overrides '
+                        f'{config.model.arch.to_dict()})')
+  if record['num_classes'] != model.num_classes:
+    log.info('init_from %s: %d classes -> %d, the head starts at zero', path,
+             record['num_classes'], model.num_classes)
+    params = dict(params)
+    params.pop('head', None)
+    if 'head' in target:
+      params['head'] = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), target['head'])
+  return params
+
+
+def prepare_demo_data(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """For configs/demo.py: writes the generated dataset once, to <workdir>/data by default."""
+  demo = config.get('demo')
+  if demo is None:
+    return
+  if not config.data.dataset:
+    config.data.dataset = os.path.join(os.path.abspath(workdir), 'data')
+  if os.path.isdir(config.data.dataset):
+    return
+  if jax.process_index() == 0:
+    synthetic.write_image_folder(config.data.dataset, train_per_class=demo.train_per_class,
+                                 val_per_class=demo.val_per_class, size=demo.image_size,
+                                 seed=demo.seed)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices('demo data written')
+
+
+class _Preemption:
+  """SIGTERM asks for a save and a clean exit at the next step boundary, on every process."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      return multihost_utils.reached_preemption_sync_point(step) or self.requested
+    return self.requested
+
+  def restore(self) -> None:
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _write_config(config: ml_collections.ConfigDict, workdir: str, step: int) -> None:
+  """Saves the resolved config; a resumed run with a changed config gets a second file."""
+  if jax.process_index() != 0:
+    return
+  text = config.to_json_best_effort(indent=2, sort_keys=True)
+  path = os.path.join(workdir, 'config.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      if f.read() == text:
+        return
+    path = os.path.join(workdir, f'config.resumed_at_step_{step}.json')
+  with open(path, 'w') as f:
+    f.write(text)
+
+
+class _Logger:
+  """Console lines and JSON lines from process 0; TensorBoard scalars through clu."""
+
+  def __init__(self, workdir: str):
+    self.main = jax.process_index() == 0
+    self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.main)
+    self.jsonl = os.path.join(workdir, 'metrics.jsonl')
+
+  def write(self, step: int, kind: str, scalars: dict[str, float]) -> None:
+    self.writer.write_scalars(step, {f'{kind}/{k}': v for k, v in scalars.items()})
+    if self.main:
+      with open(self.jsonl, 'a') as f:
+        f.write(json.dumps({'step': step, 'kind': kind, **scalars}) + '\n')
+
+  def info(self, message: str, *args: Any) -> None:
+    if self.main:
+      log.info(message, *args)
+
+  def close(self) -> None:
+    self.writer.flush()
+    self.writer.close()
+
+
+def evaluate(eval_step, params: Any, source: sources.Source, config: ml_collections.ConfigDict,
+             mesh: jax.sharding.Mesh) -> dict[str, float]:
+  """Top-1, top-5 and loss over the whole split: every example counted exactly once."""
+  batches = pipeline.eval_batches(
+      source, batch_size=config.eval_batch_size, image_size=config.data.image_size,
+      crop_pct=config.data.crop_pct, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  totals = None
+  for batch in batches:
+    sums = eval_step(params, sharding.global_batch(batch, mesh))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  count = float(totals['count'])
+  return {'top1': float(totals['top1']) / count, 'top5': float(totals['top5']) / count,
+          'loss': float(totals['loss']) / count, 'examples': count,
+          'skipped': float(len(batches.skipped))}
+
+
+def _check_finite(pending: list[dict[str, jax.Array]], step: int,
+                  checkpoints: TrainCheckpoints) -> list[dict[str, float]]:
+  """Fetches the metrics of the steps since the last check; a NaN/inf loss stops training."""
+  values = jax.device_get(pending)
+  for i, metrics in enumerate(values):
+    if not math.isfinite(float(metrics['loss'])):
+      bad = step - len(values) + i + 1
+      raise TrainingError(f'the loss is {float(metrics["loss"])} at step {bad}; training stopped. '
+                          f'The last good checkpoint (step {checkpoints.latest_step()}) is kept '
+                          f'in {checkpoints.latest.directory}; lower the learning rate or use '
+                          f'float32 and resume')
+  pending.clear()
+  return values
+
+
+def _oom_message(error: Exception, config: ml_collections.ConfigDict, mesh) -> str:
+  per_device = config.global_batch_size // (mesh.size * config.grad_accum_steps)
+  return (f'out of device memory with {per_device} images per device per micro-batch '
+          f'(global batch {config.global_batch_size}, {mesh.size} devices, grad_accum_steps '
+          f'{config.grad_accum_steps}). Raise grad_accum_steps (the same update in smaller '
+          f'pieces), set model.remat=True, or lower the global batch. ({error})')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains (or only evaluates) as `config` says; returns the last evaluation's metrics."""
+  os.makedirs(workdir, exist_ok=True)
+  prepare_demo_data(config, workdir)
+  mesh = sharding.make_mesh()
+  index, count = jax.process_index(), jax.process_count()
+  logger = _Logger(workdir)
+  model = build_model(config)
+  eval_source = sources.open_source(config.data.dataset, config.data.eval_split,
+                                    config.data.data_dir, config.data.train_split)
+  if config.global_batch_size % (mesh.size * config.grad_accum_steps):
+    raise ValueError(f'global_batch_size {config.global_batch_size} must be a multiple of the '
+                     f'{mesh.size} devices times grad_accum_steps {config.grad_accum_steps}')
+
+  if config.eval_only:
+    params = init_params(config, model)
+    if params is None:
+      raise TrainingError('eval_only needs init_from: a converted or exported checkpoint')
+    params_sharding = sharding.param_shardings(abstract_params(model), mesh, config.fsdp)
+    params = jax.device_put(params, params_sharding)
+    eval_step = train_step.make_eval_step(model, mesh=mesh, params_sharding=params_sharding)
+    metrics = evaluate(eval_step, params, eval_source, config, mesh)
+    logger.write(0, 'eval', metrics)
+    logger.info('eval: top-1 %.4f, top-5 %.4f, loss %.4f over %d images', metrics['top1'],
+                metrics['top5'], metrics['loss'], metrics['examples'])
+    logger.close()
+    return metrics
+
+  train_source = sources.open_source(config.data.dataset, config.data.train_split,
+                                     config.data.data_dir, config.data.train_split)
+  if train_source.num_classes != config.model.num_classes:
+    raise ValueError(f'{config.data.dataset} has {train_source.num_classes} classes but '
+                     f'model.num_classes is {config.model.num_classes}')
+  steps_per_epoch = pipeline.steps_per_epoch(train_source, config.global_batch_size, count)
+  schedule_cfg = schedule_config(config)
+  total_steps = optim.total_epochs(schedule_cfg) * steps_per_epoch
+  optimizer, schedule = build_optimizer(config, steps_per_epoch)
+  checkpoints = TrainCheckpoints(workdir, run_record(config), config.keep_checkpoints)
+  state, state_shardings = train_step.create_train_state(
+      model, optimizer, image_size=config.data.image_size, seed=config.seed, mesh=mesh,
+      fsdp=config.fsdp, ema=config.ema_decay is not None,
+      params=None if checkpoints.latest_step() is not None else init_params(config, model))
+  if checkpoints.latest_step() is not None:
+    state = checkpoints.restore(state)
+    logger.info('resumed from %s at step %d', checkpoints.latest.directory, int(state.step))
+  step = int(state.step)
+  _write_config(config, workdir, step)
+  n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+  logger.info('%s: %s parameters; %d steps per epoch, %d epochs, %d steps; %d devices, '
+              '%d processes', config.model.name, f'{n_params:,}', steps_per_epoch,
+              optim.total_epochs(schedule_cfg), total_steps, mesh.size, count)
+  update = train_step.make_train_step(
+      model, optimizer, mixup=mixup_config(config), label_smoothing=config.aug.smoothing,
+      grad_accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay, mesh=mesh,
+      state_shardings=state_shardings)
+  eval_step = train_step.make_eval_step(
+      build_model(config, train=False), mesh=mesh, params_sharding=state_shardings.params)
+  augment = train_augment(config)
+  preemption = _Preemption()
+  pending: list[dict[str, jax.Array]] = []
+  metrics: dict[str, float] = {}
+  window_start, window_step = time.perf_counter(), step
+  try:
+    while step < total_steps:
+      epoch, start = divmod(step, steps_per_epoch)
+      batches = pipeline.train_batches(
+          train_source, global_batch=config.global_batch_size,
+          image_size=config.data.image_size, augment=augment, seed=config.seed, epoch=epoch,
+          start_step=start, process_index=index, process_count=count)
+      for batch in batches:
+        try:
+          state, step_metrics = update(state, sharding.global_batch(batch, mesh))
+        except jax.errors.JaxRuntimeError as e:
+          if 'RESOURCE_EXHAUSTED' in str(e):
+            raise TrainingError(_oom_message(e, config, mesh)) from None
+          raise
+        step += 1
+        pending.append(step_metrics)
+        end_of_epoch = step % steps_per_epoch == 0
+        if step % config.log_every_steps == 0 or end_of_epoch or step == total_steps:
+          values = _check_finite(pending, step, checkpoints)
+          elapsed = time.perf_counter() - window_start
+          images_per_s = (step - window_step) * config.global_batch_size / elapsed
+          scalars = {'loss': float(np.mean([v['loss'] for v in values])),
+                     'grad_norm': float(np.mean([v['grad_norm'] for v in values])),
+                     'learning_rate': float(schedule(step - 1)),
+                     'images_per_s': images_per_s,
+                     'images_per_s_per_device': images_per_s / mesh.size,
+                     'step_time_s': elapsed / (step - window_step), 'epoch': step / steps_per_epoch,
+                     'skipped_images': float(len(batches.skipped))}
+          logger.write(step, 'train', scalars)
+          eta = (total_steps - step) * scalars['step_time_s']
+          logger.info('step %d/%d (epoch %.2f): loss %.4f, lr %.3g, %.1f img/s, ETA %s', step,
+                      total_steps, scalars['epoch'], scalars['loss'], scalars['learning_rate'],
+                      images_per_s, time.strftime('%H:%M:%S', time.gmtime(eta)))
+          window_start, window_step = time.perf_counter(), step
+        stop = preemption.reached(step)
+        if stop or end_of_epoch or step % config.checkpoint_every_steps == 0:
+          _check_finite(pending, step, checkpoints)
+          checkpoints.save(step, state)
+        if end_of_epoch and ((step // steps_per_epoch) % config.eval_every_epochs == 0
+                             or step == total_steps):
+          metrics = evaluate(eval_step, state.params, eval_source, config, mesh)
+          logger.write(step, 'eval', metrics)
+          logger.info('eval at epoch %d: top-1 %.4f, top-5 %.4f, loss %.4f', step //
+                      steps_per_epoch, metrics['top1'], metrics['top5'], metrics['loss'])
+          checkpoints.save_best(step, state, metrics['top1'])
+        if stop:
+          logger.info('preempted: saved step %d; the next start resumes from it', step)
+          return metrics
+  finally:
+    preemption.restore()
+    checkpoints.wait()
+    checkpoints.close()
+    logger.close()
+  return metrics
+

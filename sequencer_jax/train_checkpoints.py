@@ -1,0 +1,103 @@
+"""Checkpoints of a training run: orbax CheckpointManagers in `<workdir>/checkpoints` and `/best`.
+
+`checkpoints/` keeps the newest `keep` train states (step, parameters, optimiser state, EMA,
+RNG), saved asynchronously; `best/` keeps the single state with the best top-1 so far. Each
+checkpoint also holds a JSON record of the run it belongs to, so that a workdir holding another
+run (another model, dataset or batch) is refused instead of silently resumed. Orbax writes into a
+temporary directory and renames it only once complete, so a crash mid-write never leaves a
+checkpoint that a restart would pick up. The data position needs no saving: the input pipeline
+is a pure function of the step.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+# The config fields that define a run: a checkpoint whose values differ belongs to another run.
+RUN_FIELDS = ('model.name', 'model.arch', 'model.num_classes', 'data.dataset', 'data.image_size',
+              'global_batch_size')
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be used for this run; the message says why."""
+
+
+def run_record(config: Any) -> dict[str, Any]:
+  """The RUN_FIELDS of an ml_collections config, as JSON-able values."""
+  record = {}
+  for field in RUN_FIELDS:
+    value = config
+    for part in field.split('.'):
+      value = value[part]
+    record[field] = value.to_dict() if hasattr(value, 'to_dict') else value
+  return jax.tree.map(lambda v: list(v) if isinstance(v, tuple) else v, record,
+                      is_leaf=lambda v: isinstance(v, tuple))
+
+
+class TrainCheckpoints:
+  """Saves and restores train states of the run described by `record`."""
+
+  def __init__(self, workdir: str, record: dict[str, Any], keep: int):
+    self.record = record
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=True)
+    self.latest = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
+                                        options=options, item_names=('state', 'run'))
+    best_options = ocp.CheckpointManagerOptions(
+        max_to_keep=1, create=True, best_fn=lambda metrics: metrics['top1'], best_mode='max',
+        keep_checkpoints_without_metrics=False, enable_async_checkpointing=True)
+    self.best = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'best'),
+                                      options=best_options, item_names=('state', 'run'))
+
+  def _args(self, state: Any) -> ocp.args.Composite:
+    return ocp.args.Composite(state=ocp.args.StandardSave(state),
+                              run=ocp.args.JsonSave(self.record))
+
+  def save(self, step: int, state: Any) -> None:
+    """Starts an asynchronous save of `state` as step `step` (a no-op if already saved)."""
+    if step not in self.latest.all_steps():
+      self.latest.save(step, args=self._args(state), force=True)
+
+  def save_best(self, step: int, state: Any, top1: float) -> None:
+    """Keeps `state` in best/ if `top1` beats the best kept there."""
+    self.best.save(step, args=self._args(state), metrics={'top1': float(top1)}, force=True)
+
+  def latest_step(self) -> int | None:
+    return self.latest.latest_step()
+
+  def restore(self, abstract_state: Any, step: int | None = None) -> Any:
+    """The state at `step` (default: the newest), laid out as `abstract_state`'s shardings."""
+    step = self.latest.latest_step() if step is None else step
+    directory = self.latest.directory
+    try:
+      record = self.latest.restore(step, args=ocp.args.Composite(
+          run=ocp.args.JsonRestore()))['run']
+    except (FileNotFoundError, KeyError, ValueError) as e:
+      raise CheckpointError(f'checkpoint {step} in {directory} is damaged or not ours: '
+                            f'{e}') from None
+    if record != self.record:
+      diff = {k: (record.get(k), v) for k, v in self.record.items() if record.get(k) != v}
+      raise CheckpointError(
+          f'{directory} holds another run (checkpoint vs this config: {diff}); use a new '
+          f'workdir, or point init_from at that checkpoint to start a new run from it')
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), abstract_state)
+    try:
+      return self.latest.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target)))['state']
+    except (FileNotFoundError, KeyError, ValueError) as e:
+      raise CheckpointError(f'checkpoint {step} in {directory} is damaged or does not match the '
+                            f'model: {e}') from None
+
+  def wait(self) -> None:
+    """Blocks until every save started has been written."""
+    self.latest.wait_until_finished()
+    self.best.wait_until_finished()
+
+  def close(self) -> None:
+    self.latest.close()
+    self.best.close()

@@ -1,0 +1,179 @@
+"""The training loop end to end on a tiny model and a generated image folder: trains, logs,
+checkpoints, is interrupted and resumes to the same parameters, evaluates every image once,
+refuses another run's workdir; and initialisation from a checkpoint with another head."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import demo
+from sequencer_jax import checkpoint, registry, sharding, train, train_step
+from sequencer_jax.data import synthetic
+from sequencer_jax.model import abstract_params
+from sequencer_jax.train_checkpoints import (
+  CheckpointError,
+  TrainCheckpoints,
+  run_record,
+)
+
+
+@pytest.fixture(scope='module', autouse=True)
+def compilation_cache(tmp_path_factory):
+  """The runs below compile the same steps: cache them on disk so that only the first compiles."""
+  jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('jax_cache')))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  yield
+  jax.config.update('jax_compilation_cache_dir', None)
+
+
+@pytest.fixture(scope='module')
+def dataset(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('data') / 'patterns')
+  synthetic.write_image_folder(root, train_per_class=8, val_per_class=3, size=16, seed=1)
+  return root  # 48 training and 18 validation images.
+
+
+def _config(dataset, **changes):
+  config = demo.get_config()
+  config.data.dataset = dataset
+  config.data.image_size = 16
+  config.model.arch.layers = (1, 1)
+  config.model.arch.embed_dims = (16, 32)
+  config.model.arch.hidden_sizes = (4, 8)
+  config.model.drop_path_rate = 0.1
+  config.aug.mixup, config.aug.cutmix = 0.8, 1.0
+  config.global_batch_size = 16  # 3 steps per epoch.
+  config.eval_batch_size = 8  # 18 images: 3 batches, the last one padded.
+  config.optim.epochs = 2
+  config.log_every_steps = 2
+  config.checkpoint_every_steps = 2
+  for key, value in changes.items():
+    target = config
+    *path, last = key.split('.')
+    for part in path:
+      target = target[part]
+    target[last] = value
+  return config
+
+
+def _restore_params(workdir, config, step):
+  model = train.build_model(config)
+  optimizer, _ = train.build_optimizer(config, steps_per_epoch=3)
+  state, _ = train_step.create_train_state(model, optimizer, image_size=16, seed=0,
+                                           mesh=sharding.make_mesh())
+  checkpoints = TrainCheckpoints(workdir, run_record(config), keep=10)
+  try:
+    return jax.device_get(checkpoints.restore(state, step).params)
+  finally:
+    checkpoints.close()
+
+
+def test_train_resume_and_evaluate(dataset, tmp_path, monkeypatch):
+  config = _config(dataset)
+  whole = str(tmp_path / 'whole')
+  metrics = train.train_and_evaluate(config, whole)
+  assert metrics['examples'] == 18 and 0 <= metrics['top1'] <= 1
+  assert sorted(os.listdir(os.path.join(whole, 'checkpoints'))) == ['4', '6']  # Keeps 2.
+  lines = [json.loads(l) for l in open(os.path.join(whole, 'metrics.jsonl'))]
+  assert [l['step'] for l in lines if l['kind'] == 'train'] == [2, 3, 4, 6]
+  assert [l['step'] for l in lines if l['kind'] == 'eval'] == [3, 6]
+  assert all(np.isfinite(l['loss']) for l in lines)
+  assert any(name.startswith('events.out.tfevents') for name in os.listdir(whole))
+  assert json.load(open(os.path.join(whole, 'config.json')))['global_batch_size'] == 16
+
+  # Interrupted (as by SIGTERM) after step 4, then started again: the same final parameters.
+  split = str(tmp_path / 'split')
+  monkeypatch.setattr(train._Preemption, 'reached', lambda self, step: step == 4)
+  train.train_and_evaluate(config, split)
+  assert max(int(s) for s in os.listdir(os.path.join(split, 'checkpoints'))) == 4
+  monkeypatch.undo()
+  resumed = train.train_and_evaluate(config, split)
+  want = _restore_params(whole, config, 6)
+  got = _restore_params(split, config, 6)
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+    np.testing.assert_array_equal(a, b)
+  assert resumed['top1'] == metrics['top1']
+
+  # Another run's workdir is refused, and left as it was.
+  before = sorted(os.listdir(os.path.join(whole, 'checkpoints')))
+  with pytest.raises(CheckpointError, match='holds another run.*global_batch_size'):
+    train.train_and_evaluate(_config(dataset, global_batch_size=8), whole)
+  assert sorted(os.listdir(os.path.join(whole, 'checkpoints'))) == before
+
+
+def test_init_from_a_checkpoint_with_another_head_keeps_the_rest(tmp_path):
+  source = registry.create_model('sequencer2d_s', 1000)
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32),
+                        abstract_params(source))
+  checkpoint.save_model(str(tmp_path / 'ckpt'), 'sequencer2d_s', 1000, params)
+  config = _config('unused', **{'model.name': 'sequencer2d_s', 'model.num_classes': 10,
+                                'init_from': str(tmp_path / 'ckpt')})
+  config.model.arch = type(config.model.arch)()
+  loaded = train.init_params(config, train.build_model(config))
+  flat, flat_loaded = (dict(jax.tree_util.tree_flatten_with_path(p)[0]) for p in (params,
+                                                                               loaded))
+  assert flat.keys() == flat_loaded.keys()
+  for path, value in flat.items():
+    if 'head' in str(path[0]):
+      assert not np.any(flat_loaded[path]) and flat_loaded[path].shape[-1] == 10
+    else:
+      np.testing.assert_array_equal(flat_loaded[path], value)
+  config.model.name = 'sequencer2d_m'
+  with pytest.raises(train.TrainingError, match='architecture differs'):
+    train.init_params(config, train.build_model(config))
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(dataset, tmp_path):
+  config = _config(dataset, **{'optim.lr': 1e30, 'optim.warmup_epochs': 0,
+                               'checkpoint_every_steps': 1, 'log_every_steps': 1})
+  workdir = str(tmp_path / 'nan')
+  with pytest.raises(train.TrainingError, match=r'the loss is (nan|inf) at step \d+.*last good '
+                                                r'checkpoint \(step \d+\) is kept'):
+    train.train_and_evaluate(config, workdir)
+  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')))
+  assert steps, 'no checkpoint was kept'
+  params = _restore_params(workdir, config, steps[-1])
+  assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(params))
+
+
+_EIGHT_DEVICE_RUN = '''
+import sys
+sys.path[:0] = [{repo!r}, {tests!r}]
+import jax
+jax.config.update('jax_default_matmul_precision', 'highest')
+from sequencer_jax import train
+import test_train
+assert jax.device_count() == 8
+train._Preemption.reached = lambda self, step: step == 4
+train.train_and_evaluate(test_train._config({dataset!r}), {workdir!r})
+'''
+
+
+def test_a_checkpoint_from_8_devices_resumes_on_1(dataset, tmp_path):
+  """The first 4 steps on 8 (simulated) devices, the rest here on 1: the parameters equal the
+  1-device run's to float rounding (the reductions are ordered differently), 1e-5 relative."""
+  import subprocess
+  import sys
+  workdir = str(tmp_path / 'eight')
+  here = os.path.dirname(os.path.abspath(__file__))
+  code = _EIGHT_DEVICE_RUN.format(repo=os.path.dirname(here), tests=here, dataset=dataset,
+                                  workdir=workdir)
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_PLATFORMS='cpu')
+  result = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  config = _config(dataset)
+  train.train_and_evaluate(config, workdir)
+  single = str(tmp_path / 'single')
+  train.train_and_evaluate(config, single)
+  for a, b in zip(jax.tree.leaves(_restore_params(single, config, 6)),
+                  jax.tree.leaves(_restore_params(workdir, config, 6))):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
