@@ -62,6 +62,13 @@ def _config(dataset, **changes):
   return config
 
 
+@pytest.fixture(scope='module')
+def whole_run(dataset, tmp_path_factory):
+  """An uninterrupted run of `_config(dataset)`: (workdir, final eval metrics)."""
+  workdir = str(tmp_path_factory.mktemp('whole'))
+  return workdir, train.train_and_evaluate(_config(dataset), workdir)
+
+
 def _restore_params(workdir, config, step):
   model = train.build_model(config)
   optimizer, _ = train.build_optimizer(config, steps_per_epoch=3)
@@ -74,10 +81,9 @@ def _restore_params(workdir, config, step):
     checkpoints.close()
 
 
-def test_train_resume_and_evaluate(dataset, tmp_path, monkeypatch):
+def test_train_resume_and_evaluate(dataset, whole_run, tmp_path, monkeypatch):
   config = _config(dataset)
-  whole = str(tmp_path / 'whole')
-  metrics = train.train_and_evaluate(config, whole)
+  whole, metrics = whole_run
   assert metrics['examples'] == 18 and 0 <= metrics['top1'] <= 1
   assert sorted(os.listdir(os.path.join(whole, 'checkpoints'))) == ['4', '6']  # Keeps 2.
   lines = [json.loads(l) for l in open(os.path.join(whole, 'metrics.jsonl'))]
@@ -156,7 +162,7 @@ train.train_and_evaluate(test_train._config({dataset!r}), {workdir!r})
 '''
 
 
-def test_a_checkpoint_from_8_devices_resumes_on_1(dataset, tmp_path):
+def test_a_checkpoint_from_8_devices_resumes_on_1(dataset, whole_run, tmp_path):
   """The first 4 steps on 8 (simulated) devices, the rest here on 1: the parameters equal the
   1-device run's to float rounding (the reductions are ordered differently), 1e-5 relative."""
   import subprocess
@@ -172,8 +178,30 @@ def test_a_checkpoint_from_8_devices_resumes_on_1(dataset, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   config = _config(dataset)
   train.train_and_evaluate(config, workdir)
-  single = str(tmp_path / 'single')
-  train.train_and_evaluate(config, single)
-  for a, b in zip(jax.tree.leaves(_restore_params(single, config, 6)),
+  for a, b in zip(jax.tree.leaves(_restore_params(whole_run[0], config, 6)),
                   jax.tree.leaves(_restore_params(workdir, config, 6))):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_eval_only_reproduces_validate(dataset, tmp_path):
+  """`eval_only` with `init_from` evaluates a checkpoint over the whole split, as validate.py."""
+  source = registry.create_model('sequencer2d_s', 6)
+  rng = np.random.default_rng(1)
+  params = jax.tree.map(lambda s: 0.05 * rng.standard_normal(s.shape).astype(np.float32),
+                        abstract_params(source))
+  checkpoint.save_model(str(tmp_path / 'ckpt'), 'sequencer2d_s', 6, params)
+  config = _config(dataset, **{'model.name': 'sequencer2d_s', 'eval_only': True,
+                               'init_from': str(tmp_path / 'ckpt'), 'data.image_size': 28})
+  config.model.arch = type(config.model.arch)()
+  metrics = train.train_and_evaluate(config, str(tmp_path / 'eval'))
+  assert metrics['examples'] == 18 and metrics['skipped'] == 0
+  model = train.build_model(config, train=False)
+  from sequencer_jax.data import pipeline, sources
+  correct = 0
+  for batch in pipeline.eval_batches(sources.open_source(dataset, 'val'), batch_size=8,
+                                     image_size=28, crop_pct=config.data.crop_pct):
+    logits = jax.jit(model.apply)({'params': params}, batch['image'])
+    correct += int(np.sum((np.argmax(logits, -1) == batch['label']) & batch['mask']))
+  assert metrics['top1'] == correct / 18
+  with pytest.raises(train.TrainingError, match='eval_only needs init_from'):
+    train.train_and_evaluate(_config(dataset, eval_only=True), str(tmp_path / 'none'))
