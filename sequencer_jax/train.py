@@ -22,10 +22,12 @@ import ml_collections
 import numpy as np
 import optax
 from clu import metric_writers
+from jax.experimental import multihost_utils
 
 from sequencer_jax import optim, sharding, train_step
 from sequencer_jax.checkpoint import CheckpointError as ModelCheckpointError
-from sequencer_jax.checkpoint import load_pretrained, read_model_record
+from sequencer_jax.checkpoint import load_pretrained
+from sequencer_jax.convert import replace_head
 from sequencer_jax.data import pipeline, sources, synthetic
 from sequencer_jax.mixup import MixupConfig
 from sequencer_jax.model import Sequencer, abstract_params
@@ -94,23 +96,17 @@ def init_params(config: ml_collections.ConfigDict, model: Sequencer) -> Any | No
     return None
   path = config.init_from
   try:
-    record = read_model_record(path)
+    source_model, variables = load_pretrained(path)
   except ModelCheckpointError as e:
     raise TrainingError(f'init_from: {e}') from None
-  source_model, variables = load_pretrained(path)
-  params = variables['params']
-  target = abstract_params(model)
   if source_model.arch != model.arch:
-    raise TrainingError(f'init_from {path} holds {record["name"]}, whose architecture differs '
-                        f'from this config\'s model ({config.model.name} with overrides '
-                        f'{config.model.arch.to_dict()})')
-  if record['num_classes'] != model.num_classes:
+    raise TrainingError(f'init_from {path} holds another architecture than this config\'s model '
+                        f'({config.model.name} with overrides {config.model.arch.to_dict()})')
+  params = variables['params']
+  if source_model.num_classes != model.num_classes:
     log.info('init_from %s: %d classes -> %d, the head starts at zero', path,
-             record['num_classes'], model.num_classes)
-    params = dict(params)
-    params.pop('head', None)
-    if 'head' in target:
-      params['head'] = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), target['head'])
+             source_model.num_classes, model.num_classes)
+    params = replace_head(params, model.num_classes)
   return params
 
 
@@ -128,7 +124,6 @@ def prepare_demo_data(config: ml_collections.ConfigDict, workdir: str) -> None:
                                  val_per_class=demo.val_per_class, size=demo.image_size,
                                  seed=demo.seed)
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices('demo data written')
 
 
@@ -145,8 +140,7 @@ class _Preemption:
 
   def reached(self, step: int) -> bool:
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      return multihost_utils.reached_preemption_sync_point(step) or self.requested
+        return multihost_utils.reached_preemption_sync_point(step) or self.requested
     return self.requested
 
   def restore(self) -> None:

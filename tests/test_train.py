@@ -132,7 +132,7 @@ def test_init_from_a_checkpoint_with_another_head_keeps_the_rest(tmp_path):
     else:
       np.testing.assert_array_equal(flat_loaded[path], value)
   config.model.name = 'sequencer2d_m'
-  with pytest.raises(train.TrainingError, match='architecture differs'):
+  with pytest.raises(train.TrainingError, match='another architecture'):
     train.init_params(config, train.build_model(config))
 
 
