@@ -26,6 +26,11 @@ class CheckpointError(ValueError):
   """A checkpoint directory that is missing, incomplete or not one of ours."""
 
 
+def short_reason(error: Exception) -> str:
+  """The first line of an orbax/TensorStore error, without its long spec dump."""
+  return str(error).splitlines()[0].split(' See full TensorStore details')[0][:300]
+
+
 def save_model(path: str, name: str, num_classes: int, params: Any) -> None:
   """Writes `params` of the registered model `name` to the new directory `path`."""
   path = os.path.abspath(path)
@@ -72,7 +77,8 @@ def load_pretrained(path: str, *, dtype: Any = jnp.float32,
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
       params = ckptr.restore(os.path.abspath(path), args=ocp.args.Composite(
           params=ocp.args.StandardRestore(target)))['params']
-  except (ValueError, KeyError, FileNotFoundError) as e:
+  except Exception as e:  # noqa: BLE001 - tensorstore raises bare Exceptions for bad bytes.
     raise CheckpointError(f'{path}: the parameters do not match {record["name"]} with '
-                          f'{record["num_classes"]} classes, or are damaged: {e}') from None
+                          f'{record["num_classes"]} classes, or are damaged: '
+                          f'{short_reason(e)}') from None
   return model, {'params': params}

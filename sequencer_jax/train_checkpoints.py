@@ -5,8 +5,9 @@ RNG), saved asynchronously; `best/` keeps the single state with the best top-1 s
 checkpoint also holds a JSON record of the run it belongs to, so that a workdir holding another
 run (another model, dataset or batch) is refused instead of silently resumed. Orbax writes into a
 temporary directory and renames it only once complete, so a crash mid-write never leaves a
-checkpoint that a restart would pick up. The data position needs no saving: the input pipeline
-is a pure function of the step.
+checkpoint that a restart would pick up. Bytes changed after the write (a bad disk, a copy cut
+short) are caught too: each checkpoint records a checksum of every array, compared on restore.
+The data position needs no saving: the input pipeline is a pure function of the step.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+from sequencer_jax.checkpoint import short_reason
 
 # The config fields that define a run: a checkpoint whose values differ belongs to another run.
 RUN_FIELDS = ('model.name', 'model.arch', 'model.num_classes', 'data.dataset', 'data.image_size',
@@ -38,24 +42,43 @@ def run_record(config: Any) -> dict[str, Any]:
                       is_leaf=lambda v: isinstance(v, tuple))
 
 
+@jax.jit
+def _checksums(state: Any) -> list[jax.Array]:
+  def checksum(x: jax.Array) -> jax.Array:
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x = jax.random.key_data(x)
+    bits = jax.lax.bitcast_convert_type(x, jnp.dtype(f'uint{x.dtype.itemsize * 8}'))
+    return jnp.sum(bits.astype(jnp.uint32), dtype=jnp.uint32)  # Wraps around: fine for a check.
+  return [checksum(x) for x in jax.tree.leaves(state)]
+
+
+def checksums(state: Any) -> list[int]:
+  """A wrapping uint32 sum of the bits of each array of `state`."""
+  return [int(c) for c in jax.device_get(_checksums(state))]
+
+
 class TrainCheckpoints:
   """Saves and restores train states of the run described by `record`."""
 
   def __init__(self, workdir: str, record: dict[str, Any], keep: int):
     self.record = record
+    # A write cut short leaves a temporary directory, never a step: removed at the next start.
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           cleanup_tmp_directories=True,
                                            enable_async_checkpointing=True)
     self.latest = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
-                                        options=options, item_names=('state', 'run'))
+                                        options=options, item_names=('state', 'run', 'checksums'))
     best_options = ocp.CheckpointManagerOptions(
         max_to_keep=1, create=True, best_fn=lambda metrics: metrics['top1'], best_mode='max',
-        keep_checkpoints_without_metrics=False, enable_async_checkpointing=True)
+        keep_checkpoints_without_metrics=False, cleanup_tmp_directories=True,
+        enable_async_checkpointing=True)
     self.best = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'best'),
-                                      options=best_options, item_names=('state', 'run'))
+                                      options=best_options, item_names=('state', 'run', 'checksums'))
 
   def _args(self, state: Any) -> ocp.args.Composite:
     return ocp.args.Composite(state=ocp.args.StandardSave(state),
-                              run=ocp.args.JsonSave(self.record))
+                              run=ocp.args.JsonSave(self.record),
+                              checksums=ocp.args.JsonSave(checksums(state)))
 
   def save(self, step: int, state: Any) -> None:
     """Starts an asynchronous save of `state` as step `step` (a no-op if already saved)."""
@@ -69,29 +92,38 @@ class TrainCheckpoints:
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
 
+  def _damaged(self, step: int, reason: str) -> CheckpointError:
+    directory = self.latest.directory
+    return CheckpointError(
+        f'checkpoint {step} in {directory} is damaged ({reason}). Nothing was changed; to resume '
+        f'from the newest checkpoint before it, move it out of the way: '
+        f'mv {directory}/{step} {directory}/{step}.damaged')
+
   def restore(self, abstract_state: Any, step: int | None = None) -> Any:
     """The state at `step` (default: the newest), laid out as `abstract_state`'s shardings."""
     step = self.latest.latest_step() if step is None else step
-    directory = self.latest.directory
     try:
       record = self.latest.restore(step, args=ocp.args.Composite(
           run=ocp.args.JsonRestore()))['run']
     except (FileNotFoundError, KeyError, ValueError) as e:
-      raise CheckpointError(f'checkpoint {step} in {directory} is damaged or not ours: '
-                            f'{e}') from None
+      raise self._damaged(step, f'its run record cannot be read: {e}') from None
     if record != self.record:
       diff = {k: (record.get(k), v) for k, v in self.record.items() if record.get(k) != v}
       raise CheckpointError(
-          f'{directory} holds another run (checkpoint vs this config: {diff}); use a new '
-          f'workdir, or point init_from at that checkpoint to start a new run from it')
+          f'{self.latest.directory} holds another run (checkpoint vs this config: {diff}); use a '
+          f'new workdir, or point init_from at that checkpoint to start a new run from it')
     target = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), abstract_state)
     try:
-      return self.latest.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target)))['state']
-    except (FileNotFoundError, KeyError, ValueError) as e:
-      raise CheckpointError(f'checkpoint {step} in {directory} is damaged or does not match the '
-                            f'model: {e}') from None
+      restored = self.latest.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target), checksums=ocp.args.JsonRestore()))
+    except Exception as e:  # noqa: BLE001 - tensorstore raises bare Exceptions for bad bytes.
+      raise self._damaged(step, f'its arrays cannot be read: {short_reason(e)}') from None
+    found = checksums(restored['state'])
+    if found != restored['checksums']:
+      bad = sum(a != b for a, b in zip(found, restored['checksums']))
+      raise self._damaged(step, f'{bad} of {len(found)} arrays differ from what was written')
+    return restored['state']
 
   def wait(self) -> None:
     """Blocks until every save started has been written."""

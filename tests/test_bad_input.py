@@ -1,0 +1,171 @@
+"""Bad input meets a clear message, and nothing that existed before is changed: unknown config
+fields and model names, missing/empty/unreadable datasets, checkpoints of another run, and
+truncated or corrupted checkpoints. (The converter's bad inputs are in test_convert.py; a NaN
+loss, running out of memory and a bad init_from checkpoint in test_train.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from snapshot import snapshot
+from test_train import _config
+
+from configs import demo
+from sequencer_jax import config_fields, train
+from sequencer_jax.data.folder import DatasetError
+from sequencer_jax.train_checkpoints import CheckpointError, TrainCheckpoints, run_record
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize('override, message', [
+    ('bogus', "the config has no field 'bogus'; its fields: aug, checkpoint_every_steps, data"),
+    ('optim.lr_max', "config.optim has no field 'lr_max'; its fields: b1, b2, clip_grad"),
+    ('seed.x', 'seed is a value, not a group of fields'),
+])
+def test_unknown_config_fields_are_named_with_the_valid_ones(override, message):
+  config = demo.get_config()
+  with pytest.raises(config_fields.ConfigFieldError, match=message):
+    config_fields.check_overrides(config, ['main.py', '--config=configs/demo.py',
+                                           f'--config.{override}=1'])
+  config_fields.check_overrides(config, ['--config.optim.lr=1', '--config.model.arch.layers=1'])
+
+
+def test_main_reports_an_unknown_field_in_one_line_and_writes_nothing(tmp_path):
+  workdir = tmp_path / 'run'
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'main.py'), '--config=configs/demo.py',
+       f'--workdir={workdir}', '--config.optim.lrr=0.1'], cwd=REPO, capture_output=True,
+      text=True, timeout=300, check=False, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: --config.optim.lrr: config.optim has no field 'lrr'; its fields: b1, b2, "
+      'clip_grad, cooldown_epochs, epochs, eps, lr, min_lr, per_step_lr, reference_batch, '
+      'scale_lr_with_batch, warmup_epochs, warmup_lr, weight_decay')
+  assert not workdir.exists()
+
+
+def test_unknown_model_name_lists_the_registered_ones_and_writes_nothing(tmp_path):
+  workdir = tmp_path / 'run'
+  config = _config('unused', **{'model.name': 'sequencer2d_xl'})
+  with pytest.raises(train.TrainingError, match="unknown model 'sequencer2d_xl'; valid names: "
+                                                'sequencer2d_s, sequencer2d_m, sequencer2d_l'):
+    train.train_and_evaluate(config, str(workdir))
+  config = _config('unused', **{'model.arch.depth': 3})
+  with pytest.raises(train.TrainingError, match='unknown architecture field.*depth; valid: '):
+    train.train_and_evaluate(config, str(workdir))
+  assert not workdir.exists()
+
+
+def _undecodable_folder(root: str) -> str:
+  for split in ('train', 'val'):
+    for label in ('a', 'b'):
+      os.makedirs(os.path.join(root, split, label))
+      for i in range(8):
+        with open(os.path.join(root, split, label, f'{i}.jpg'), 'wb') as f:
+          f.write(b'not an image' * 10)
+  return root
+
+
+@pytest.mark.parametrize('case', ['missing', 'empty', 'unreadable'])
+def test_bad_datasets_are_named_and_the_workdir_is_left_as_it_was(case, tmp_path):
+  dataset = str(tmp_path / 'images')
+  message = {'missing': 'is neither an existing image folder nor a supported TFDS dataset',
+             'empty': 'has no class directories',
+             'unreadable': r'ran out .* could not be decoded \(first: .*\.jpg'}[case]
+  if case == 'empty':
+    os.makedirs(os.path.join(dataset, 'train'))
+    os.makedirs(os.path.join(dataset, 'val'))
+  elif case == 'unreadable':
+    _undecodable_folder(dataset)
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  (workdir / 'notes.txt').write_text('kept')
+  before = snapshot(str(workdir))
+  config = _config(dataset, **{'model.num_classes': 2})
+  del config['demo']  # The demo config would generate its dataset where none is.
+  with pytest.raises(DatasetError, match=message):
+    train.train_and_evaluate(config, str(workdir))
+  after = snapshot(str(workdir))
+  assert {k: v for k, v in after.items() if k in before} == before
+  if case != 'unreadable':  # Refused before anything was written.
+    assert after == before
+
+
+def _small_state():
+  return {'step': jnp.array(3, jnp.int32), 'w': jnp.arange(12.0).reshape(3, 4),
+          'rng': jax.random.key(0)}
+
+
+def _saved(workdir: str, record: dict, steps=(1, 2)) -> None:
+  checkpoints = TrainCheckpoints(workdir, record, keep=3)
+  for step in steps:
+    checkpoints.save(step, _small_state())
+  checkpoints.wait()
+  checkpoints.close()
+
+
+def _restore(workdir: str, record: dict, step: int | None = None):
+  checkpoints = TrainCheckpoints(workdir, record, keep=3)
+  try:
+    return checkpoints.restore(_small_state(), step)
+  finally:
+    checkpoints.close()
+
+
+@pytest.mark.parametrize('field, value', [('model.name', 'sequencer2d_m'),
+                                          ('model.num_classes', 10)])
+def test_a_checkpoint_of_another_variant_or_head_is_refused(field, value, tmp_path):
+  workdir = str(tmp_path / 'run')
+  _saved(workdir, run_record(_config('data')))
+  before = snapshot(workdir)
+  with pytest.raises(CheckpointError, match=f'holds another run .*{field}'):
+    _restore(workdir, run_record(_config('data', **{field: value})))
+  assert snapshot(workdir) == before
+
+
+def _damage(step_dir: str, how: str) -> None:
+  files = [os.path.join(d, f) for d, _, names in os.walk(step_dir) for f in names]
+  if how == 'truncated':
+    biggest = max((f for f in files if '/state/' in f), key=os.path.getsize)
+    with open(biggest, 'r+b') as f:
+      f.truncate(os.path.getsize(biggest) // 2)
+  elif how == 'run record deleted':
+    shutil.rmtree(os.path.join(step_dir, 'run'))
+  elif how == 'arrays changed':  # Stands for bytes that still decode, to other values.
+    path = next(f for f in files if '/checksums/' in f)
+    with open(path) as f:
+      sums = json.load(f)
+    with open(path, 'w') as f:
+      json.dump([sums[0] + 1] + sums[1:], f)
+
+
+@pytest.mark.parametrize('how, reason', [
+    ('truncated', 'its arrays cannot be read'),
+    ('run record deleted', 'its run record cannot be read'),
+    ('arrays changed', '1 of 3 arrays differ from what was written'),
+])
+def test_a_damaged_checkpoint_is_named_left_alone_and_can_be_moved_aside(how, reason, tmp_path):
+  workdir = str(tmp_path / 'run')
+  record = run_record(_config('data'))
+  _saved(workdir, record)
+  _damage(os.path.join(workdir, 'checkpoints', '2'), how)
+  before = snapshot(workdir)
+  with pytest.raises(CheckpointError, match=f'checkpoint 2 in .* is damaged \\({reason}.*\\). '
+                                            'Nothing was changed; .* mv .*/2 .*/2.damaged'):
+    _restore(workdir, record)
+  assert snapshot(workdir) == before
+  # Doing what the message says resumes from the checkpoint before.
+  directory = os.path.join(workdir, 'checkpoints')
+  os.rename(os.path.join(directory, '2'), os.path.join(directory, '2.damaged'))
+  restored = _restore(workdir, record)
+  np.testing.assert_array_equal(restored['w'], _small_state()['w'])
+  assert os.path.isdir(os.path.join(directory, '2.damaged'))
