@@ -26,5 +26,5 @@ def get_config():
   config.optim.warmup_epochs = 5
   config.optim.clip_grad = 1.0
   config.aug.reprob = 0.0
-  config.eval_batch_size = 500
+  config.eval_batch_size = 512
   return config

@@ -30,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.aug.cutmix = 0.0
   config.aug.reprob = 0.1
   config.global_batch_size = 64
-  config.eval_batch_size = 100
+  config.eval_batch_size = 128
   config.optim.lr = 2e-3
   config.optim.scale_lr_with_batch = False
   config.optim.weight_decay = 0.05

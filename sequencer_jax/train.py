@@ -29,10 +29,11 @@ from sequencer_jax.checkpoint import CheckpointError as ModelCheckpointError
 from sequencer_jax.checkpoint import load_pretrained
 from sequencer_jax.convert import replace_head
 from sequencer_jax.data import pipeline, sources, synthetic
+from sequencer_jax.data.folder import DatasetError
 from sequencer_jax.mixup import MixupConfig
 from sequencer_jax.model import Sequencer, abstract_params
 from sequencer_jax.registry import create_model
-from sequencer_jax.train_checkpoints import TrainCheckpoints, run_record
+from sequencer_jax.train_checkpoints import CheckpointError, TrainCheckpoints, run_record
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +42,24 @@ class TrainingError(RuntimeError):
   """Training cannot go on; the message says why and what was kept."""
 
 
+# Errors in a run's inputs (config, data, checkpoints, workdir), each with a message that says
+# what is wrong: main.py prints the message alone.
+INPUT_ERRORS = (TrainingError, CheckpointError, ModelCheckpointError, DatasetError)
+
+
 def build_model(config: ml_collections.ConfigDict, *, train: bool = True) -> Sequencer:
   """The model of `config.model` (registered name plus architecture overrides)."""
   m = config.model
   dtypes = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
   if m.dtype not in dtypes:
-    raise ValueError(f'model.dtype must be one of {", ".join(dtypes)}, got {m.dtype!r}')
-  return create_model(m.name, m.num_classes, drop_rate=m.drop_rate if train else 0.0,
-                      drop_path_rate=m.drop_path_rate if train else 0.0, rnn_impl=m.rnn_impl,
-                      dtype=dtypes[m.dtype], remat=m.remat, **m.arch.to_dict())
+    raise TrainingError(f'model.dtype must be one of {", ".join(dtypes)}, got {m.dtype!r}')
+  try:
+    return create_model(m.name, m.num_classes, drop_rate=m.drop_rate if train else 0.0,
+                        drop_path_rate=m.drop_path_rate if train else 0.0,
+                        rnn_impl=m.rnn_impl, dtype=dtypes[m.dtype], remat=m.remat,
+                        **m.arch.to_dict())
+  except (KeyError, ValueError) as e:
+    raise TrainingError(f'config.model: {e.args[0]}') from None
 
 
 def schedule_config(config: ml_collections.ConfigDict) -> optim.ScheduleConfig:
@@ -89,9 +99,11 @@ def mixup_config(config: ml_collections.ConfigDict) -> MixupConfig | None:
                      label_smoothing=a.smoothing)
 
 
-def init_params(config: ml_collections.ConfigDict, model: Sequencer) -> Any | None:
+def init_params(config: ml_collections.ConfigDict, model: Sequencer, *,
+                replace_head_ok: bool = True) -> Any | None:
   """Parameters from `config.init_from`, with the head replaced when num_classes differs (the
-  new head is zero, as timm leaves it); None when there is nothing to load."""
+  new head is zero, as timm leaves it; refused with `replace_head_ok=False`, for evaluation);
+  None when there is nothing to load."""
   if not config.init_from:
     return None
   path = config.init_from
@@ -104,6 +116,10 @@ def init_params(config: ml_collections.ConfigDict, model: Sequencer) -> Any | No
                         f'({config.model.name} with overrides {config.model.arch.to_dict()})')
   params = variables['params']
   if source_model.num_classes != model.num_classes:
+    if not replace_head_ok:
+      raise TrainingError(f'init_from {path} has {source_model.num_classes} classes but '
+                          f'model.num_classes is {model.num_classes}; set model.num_classes to '
+                          f'{source_model.num_classes} to evaluate it')
     log.info('init_from %s: %d classes -> %d, the head starts at zero', path,
              source_model.num_classes, model.num_classes)
     params = replace_head(params, model.num_classes)
@@ -128,23 +144,31 @@ def prepare_demo_data(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 class _Preemption:
-  """SIGTERM asks for a save and a clean exit at the next step boundary, on every process."""
+  """SIGTERM asks for a save and a clean exit at the next step boundary, on every process.
+
+  One process: a Python handler sets a flag. Several: JAX's own SIGTERM notifier (installed by
+  `jax.distributed.initialize`) tells every process, which all stop at the same step; a Python
+  handler would replace it, so none is installed.
+  """
 
   def __init__(self):
     self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._several = jax.process_count() > 1
+    if not self._several:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     del signum, frame
     self.requested = True
 
   def reached(self, step: int) -> bool:
-    if jax.process_count() > 1:
-        return multihost_utils.reached_preemption_sync_point(step) or self.requested
+    if self._several:
+      return multihost_utils.reached_preemption_sync_point(step)
     return self.requested
 
   def restore(self) -> None:
-    signal.signal(signal.SIGTERM, self._previous)
+    if not self._several:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 def _write_config(config: ml_collections.ConfigDict, workdir: str, step: int) -> None:
@@ -226,50 +250,72 @@ def _oom_message(error: Exception, config: ml_collections.ConfigDict, mesh) -> s
           f'pieces), set model.remat=True, or lower the global batch. ({error})')
 
 
+def _check_batch_sizes(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
+  if config.global_batch_size % (mesh.size * config.grad_accum_steps):
+    raise TrainingError(f'global_batch_size {config.global_batch_size} must be a multiple of the '
+                        f'{mesh.size} devices times grad_accum_steps {config.grad_accum_steps}')
+  if config.eval_batch_size % mesh.size:
+    raise TrainingError(f'eval_batch_size {config.eval_batch_size} must be a multiple of the '
+                        f'{mesh.size} devices')
+
+
+def _evaluate_only(config: ml_collections.ConfigDict, model: Sequencer, mesh: jax.sharding.Mesh,
+                   eval_source: sources.Source, logger: _Logger) -> dict[str, float]:
+  """`eval_only`: the checkpoint `init_from` over the whole evaluation split."""
+  params_sharding = sharding.param_shardings(abstract_params(model), mesh, config.fsdp)
+  params = jax.device_put(init_params(config, model, replace_head_ok=False), params_sharding)
+  eval_step = train_step.make_eval_step(model, mesh=mesh, params_sharding=params_sharding)
+  metrics = evaluate(eval_step, params, eval_source, config, mesh)
+  logger.write(0, 'eval', metrics)
+  logger.info('eval: top-1 %.4f, top-5 %.4f, loss %.4f over %d images', metrics['top1'],
+              metrics['top5'], metrics['loss'], metrics['examples'])
+  logger.close()
+  return metrics
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains (or only evaluates) as `config` says; returns the last evaluation's metrics."""
-  os.makedirs(workdir, exist_ok=True)
-  prepare_demo_data(config, workdir)
+  """Trains (or only evaluates) as `config` says; returns the last evaluation's metrics.
+
+  The config, the data and any checkpoint to resume from are checked before anything is written
+  to `workdir` (apart from the demo's generated dataset).
+  """
+  model = build_model(config)
   mesh = sharding.make_mesh()
   index, count = jax.process_index(), jax.process_count()
-  logger = _Logger(workdir)
-  model = build_model(config)
+  _check_batch_sizes(config, mesh)
+  if config.eval_only and not config.init_from:
+    raise TrainingError('eval_only needs init_from: a converted or exported checkpoint')
+  prepare_demo_data(config, workdir)
   eval_source = sources.open_source(config.data.dataset, config.data.eval_split,
                                     config.data.data_dir, config.data.train_split)
-  if config.global_batch_size % (mesh.size * config.grad_accum_steps):
-    raise ValueError(f'global_batch_size {config.global_batch_size} must be a multiple of the '
-                     f'{mesh.size} devices times grad_accum_steps {config.grad_accum_steps}')
-
   if config.eval_only:
-    params = init_params(config, model)
-    if params is None:
-      raise TrainingError('eval_only needs init_from: a converted or exported checkpoint')
-    params_sharding = sharding.param_shardings(abstract_params(model), mesh, config.fsdp)
-    params = jax.device_put(params, params_sharding)
-    eval_step = train_step.make_eval_step(model, mesh=mesh, params_sharding=params_sharding)
-    metrics = evaluate(eval_step, params, eval_source, config, mesh)
-    logger.write(0, 'eval', metrics)
-    logger.info('eval: top-1 %.4f, top-5 %.4f, loss %.4f over %d images', metrics['top1'],
-                metrics['top5'], metrics['loss'], metrics['examples'])
-    logger.close()
-    return metrics
+    os.makedirs(workdir, exist_ok=True)
+    return _evaluate_only(config, build_model(config, train=False), mesh, eval_source,
+                          _Logger(workdir))
 
   train_source = sources.open_source(config.data.dataset, config.data.train_split,
                                      config.data.data_dir, config.data.train_split)
   if train_source.num_classes != config.model.num_classes:
-    raise ValueError(f'{config.data.dataset} has {train_source.num_classes} classes but '
-                     f'model.num_classes is {config.model.num_classes}')
+    raise TrainingError(f'{config.data.dataset} has {train_source.num_classes} classes but '
+                        f'model.num_classes is {config.model.num_classes}')
   steps_per_epoch = pipeline.steps_per_epoch(train_source, config.global_batch_size, count)
   schedule_cfg = schedule_config(config)
   total_steps = optim.total_epochs(schedule_cfg) * steps_per_epoch
   optimizer, schedule = build_optimizer(config, steps_per_epoch)
   checkpoints = TrainCheckpoints(workdir, run_record(config), config.keep_checkpoints)
+  resume = checkpoints.latest_step() is not None
   state, state_shardings = train_step.create_train_state(
       model, optimizer, image_size=config.data.image_size, seed=config.seed, mesh=mesh,
       fsdp=config.fsdp, ema=config.ema_decay is not None,
-      params=None if checkpoints.latest_step() is not None else init_params(config, model))
-  if checkpoints.latest_step() is not None:
-    state = checkpoints.restore(state)
+      params=None if resume else init_params(config, model))
+  if resume:
+    try:
+      state = checkpoints.restore(state)
+    except CheckpointError:
+      checkpoints.close()
+      raise
+  logger = _Logger(workdir)
+  if resume:
     logger.info('resumed from %s at step %d', checkpoints.latest.directory, int(state.step))
   step = int(state.step)
   _write_config(config, workdir, step)
