@@ -260,10 +260,12 @@ def _check_batch_sizes(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
 
 
 def _evaluate_only(config: ml_collections.ConfigDict, model: Sequencer, mesh: jax.sharding.Mesh,
-                   eval_source: sources.Source, logger: _Logger) -> dict[str, float]:
+                   eval_source: sources.Source, workdir: str) -> dict[str, float]:
   """`eval_only`: the checkpoint `init_from` over the whole evaluation split."""
   params_sharding = sharding.param_shardings(abstract_params(model), mesh, config.fsdp)
   params = jax.device_put(init_params(config, model, replace_head_ok=False), params_sharding)
+  os.makedirs(workdir, exist_ok=True)
+  logger = _Logger(workdir)
   eval_step = train_step.make_eval_step(model, mesh=mesh, params_sharding=params_sharding)
   metrics = evaluate(eval_step, params, eval_source, config, mesh)
   logger.write(0, 'eval', metrics)
@@ -289,9 +291,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   eval_source = sources.open_source(config.data.dataset, config.data.eval_split,
                                     config.data.data_dir, config.data.train_split)
   if config.eval_only:
-    os.makedirs(workdir, exist_ok=True)
-    return _evaluate_only(config, build_model(config, train=False), mesh, eval_source,
-                          _Logger(workdir))
+    return _evaluate_only(config, build_model(config, train=False), mesh, eval_source, workdir)
 
   train_source = sources.open_source(config.data.dataset, config.data.train_split,
                                      config.data.data_dir, config.data.train_split)
