@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Sequence
+from typing import Any
 
 import ml_collections
 
@@ -39,6 +40,19 @@ def unknown_field_message(config: ml_collections.ConfigDict, dotted: str) -> str
     node = node[part]
     seen.append(part)
   return None
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> None:
+  """Sets each dotted field of `overrides` (e.g. {'optim.lr': 1e-3}) in `config`, checked."""
+  for dotted, value in overrides.items():
+    message = unknown_field_message(config, dotted)
+    if message:
+      raise ConfigFieldError(message)
+    *path, last = dotted.split('.')
+    node = config
+    for part in path:
+      node = node[part]
+    node[last] = value
 
 
 def check_overrides(config: ml_collections.ConfigDict, argv: Sequence[str],

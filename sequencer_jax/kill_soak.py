@@ -30,7 +30,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from sequencer_jax import sharding, train, train_step
+from sequencer_jax import config_fields, sharding, train, train_step
 from sequencer_jax.data import synthetic
 from sequencer_jax.train_checkpoints import CheckpointError, TrainCheckpoints, run_record
 
@@ -50,12 +50,7 @@ def soak_overrides(dataset: str, epochs: int) -> dict[str, Any]:
 def soak_config(overrides: dict[str, Any]) -> ml_collections.ConfigDict:
   from configs import demo  # configs/ is a top-level directory of the repository.
   config = demo.get_config()
-  for key, value in overrides.items():
-    *path, last = key.split('.')
-    node = config
-    for part in path:
-      node = node[part]
-    node[last] = value
+  config_fields.apply_overrides(config, overrides)
   return config
 
 

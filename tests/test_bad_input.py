@@ -37,6 +37,10 @@ def test_unknown_config_fields_are_named_with_the_valid_ones(override, message):
     config_fields.check_overrides(config, ['main.py', '--config=configs/demo.py',
                                            f'--config.{override}=1'])
   config_fields.check_overrides(config, ['--config.optim.lr=1', '--config.model.arch.layers=1'])
+  with pytest.raises(config_fields.ConfigFieldError, match="config.optim has no field 'lrr'"):
+    config_fields.apply_overrides(config, {'optim.lrr': 1.0})
+  config_fields.apply_overrides(config, {'optim.lr': 1.0, 'model.arch.layers': (1, 1)})
+  assert config.optim.lr == 1.0 and config.model.arch.layers == (1, 1)
 
 
 def test_main_reports_an_unknown_field_in_one_line_and_writes_nothing(tmp_path):
@@ -59,7 +63,8 @@ def test_unknown_model_name_lists_the_registered_ones_and_writes_nothing(tmp_pat
   with pytest.raises(train.TrainingError, match="unknown model 'sequencer2d_xl'; valid names: "
                                                 'sequencer2d_s, sequencer2d_m, sequencer2d_l'):
     train.train_and_evaluate(config, str(workdir))
-  config = _config('unused', **{'model.arch.depth': 3})
+  config = _config('unused')
+  config.model.arch.depth = 3  # A config file can add a field that the architecture lacks.
   with pytest.raises(train.TrainingError, match='unknown architecture field.*depth; valid: '):
     train.train_and_evaluate(config, str(workdir))
   assert not workdir.exists()

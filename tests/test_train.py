@@ -18,7 +18,7 @@ import pytest
 from snapshot import snapshot
 
 from configs import demo
-from sequencer_jax import checkpoint, registry, sharding, train, train_step
+from sequencer_jax import checkpoint, config_fields, registry, sharding, train, train_step
 from sequencer_jax.data import synthetic
 from sequencer_jax.model import abstract_params
 from sequencer_jax.train_checkpoints import (
@@ -59,12 +59,7 @@ def _config(dataset, **changes):
   config.optim.epochs = 2
   config.log_every_steps = 2
   config.checkpoint_every_steps = 2
-  for key, value in changes.items():
-    target = config
-    *path, last = key.split('.')
-    for part in path:
-      target = target[part]
-    target[last] = value
+  config_fields.apply_overrides(config, changes)
   return config
 
 
