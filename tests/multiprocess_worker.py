@@ -56,7 +56,7 @@ def _slow_after_sigterm(train_step, process_id: int, sigterm_after: int) -> None
 
 def main(argv: list[str]) -> None:
   out, dataset, workdir, role = argv[1:5]
-  logging.basicConfig(level=logging.WARNING, format='%(asctime)s %(name)s %(message)s')
+  logging.basicConfig(level=logging.WARNING, format='%(asctime)s %(name)s %(message)s', force=True)
   logging.getLogger('sequencer_jax').setLevel(logging.INFO)
   if role != 'reference':
     distributed.initialize(timeout_s=60, heartbeat_timeout_s=30,
