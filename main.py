@@ -38,11 +38,12 @@ def _several_processes() -> bool:
 
 
 def _config_path(argv: list[str]) -> str | None:
+  """The file of `--config=FILE` or `--config=FILE:ARG`."""
   for i, arg in enumerate(argv):
     if arg.startswith('--config='):
-      return arg.split('=', 1)[1]
+      return arg.split('=', 1)[1].split(':', 1)[0]
     if arg == '--config' and i + 1 < len(argv):
-      return argv[i + 1]
+      return argv[i + 1].split(':', 1)[0]
   return None
 
 

@@ -54,7 +54,9 @@ def initialize(*, timeout_s: float = 300, heartbeat_timeout_s: int = 100,
 
   threading.Thread(target=watchdog, name='distributed-init-watchdog', daemon=True).start()
   # JAX's own deadline stays further out, so that the message above comes first.
-  jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                             initialization_timeout=int(timeout_s) + 60,
-                             heartbeat_timeout_seconds=heartbeat_timeout_s)
-  joined.set()
+  try:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                               initialization_timeout=int(timeout_s) + 60,
+                               heartbeat_timeout_seconds=heartbeat_timeout_s)
+  finally:
+    joined.set()  # Joined, or failed for another reason that JAX reports itself.

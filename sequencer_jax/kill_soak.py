@@ -109,7 +109,7 @@ class _Restorer:
     self.record = run_record(config)
 
   def restore(self, workdir: str, step: int) -> Any:
-    checkpoints = TrainCheckpoints(workdir, self.record, keep=1_000)
+    checkpoints = TrainCheckpoints(workdir, self.record, keep=1_000, read_only=True)
     try:
       state = checkpoints.restore(self.abstract_state, step)
     finally:
@@ -123,6 +123,7 @@ class _Restorer:
 
 @dataclasses.dataclass
 class SoakReport:
+  kills_requested: int
   kills: int = 0
   kills_during_checkpoint_write: int = 0
   resumes_checked: int = 0
@@ -136,14 +137,15 @@ class SoakReport:
 
   @property
   def ok(self) -> bool:
-    return (not self.wrong_resumes and not self.corrupt_checkpoints and not self.lost_checkpoints
+    return (self.kills == self.kills_requested and not self.wrong_resumes
+            and not self.corrupt_checkpoints and not self.lost_checkpoints
             and self.final_equals_uninterrupted is not False)
 
   def summary(self) -> str:
     lost = self.steps_lost or [0]
     return '\n'.join([
-        f'kills: {self.kills} ({self.kills_during_checkpoint_write} while a checkpoint was '
-        f'being written)',
+        f'kills: {self.kills} of {self.kills_requested} requested '
+        f'({self.kills_during_checkpoint_write} while a checkpoint was being written)',
         f'resumes checked: {self.resumes_checked}, from the wrong checkpoint: '
         f'{len(self.wrong_resumes)} {self.wrong_resumes or ""}',
         f'steps lost per kill: {self.steps_lost} (max {max(lost)}, mean '
@@ -206,7 +208,7 @@ def run_soak(soak_dir: str, *, kills: int, epochs: int, train_per_class: int = 4
   restorer = _Restorer(config, steps_per_epoch)
   env = _environment(os.path.join(soak_dir, 'compilation_cache'))
   workdir = os.path.join(soak_dir, 'killed')
-  report = SoakReport()
+  report = SoakReport(kills_requested=kills)
   previous: list[int] = []
   expected_resume: int | None = None
   for round_index in range(kills + 1):

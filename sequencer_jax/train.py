@@ -8,6 +8,7 @@ else `config.init_from`, else a fresh initialisation. See configs/default.py for
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -25,15 +26,14 @@ from clu import metric_writers
 from jax.experimental import multihost_utils
 
 from sequencer_jax import optim, sharding, train_step
-from sequencer_jax.checkpoint import CheckpointError as ModelCheckpointError
-from sequencer_jax.checkpoint import load_pretrained
+from sequencer_jax.checkpoint import CheckpointError, load_pretrained
 from sequencer_jax.convert import replace_head
 from sequencer_jax.data import pipeline, sources, synthetic
 from sequencer_jax.data.folder import DatasetError
 from sequencer_jax.mixup import MixupConfig
 from sequencer_jax.model import Sequencer, abstract_params
 from sequencer_jax.registry import create_model
-from sequencer_jax.train_checkpoints import CheckpointError, TrainCheckpoints, run_record
+from sequencer_jax.train_checkpoints import TrainCheckpoints, run_record
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class TrainingError(RuntimeError):
 
 # Errors in a run's inputs (config, data, checkpoints, workdir), each with a message that says
 # what is wrong: main.py prints the message alone.
-INPUT_ERRORS = (TrainingError, CheckpointError, ModelCheckpointError, DatasetError)
+INPUT_ERRORS = (TrainingError, CheckpointError, DatasetError)
 
 
 def build_model(config: ml_collections.ConfigDict, *, train: bool = True) -> Sequencer:
@@ -109,7 +109,7 @@ def init_params(config: ml_collections.ConfigDict, model: Sequencer, *,
   path = config.init_from
   try:
     source_model, variables = load_pretrained(path)
-  except ModelCheckpointError as e:
+  except CheckpointError as e:
     raise TrainingError(f'init_from: {e}') from None
   if source_model.arch != model.arch:
     raise TrainingError(f'init_from {path} holds another architecture than this config\'s model '
@@ -229,15 +229,18 @@ def evaluate(eval_step, params: Any, source: sources.Source, config: ml_collecti
 
 def _check_finite(pending: list[dict[str, jax.Array]], step: int,
                   checkpoints: TrainCheckpoints) -> list[dict[str, float]]:
-  """Fetches the metrics of the steps since the last check; a NaN/inf loss stops training."""
+  """Fetches the metrics of the steps since the last check; a NaN/inf loss or gradient norm
+  (the gradient of a step is applied in that step, so it is checked before the step is saved)
+  stops training."""
   values = jax.device_get(pending)
   for i, metrics in enumerate(values):
-    if not math.isfinite(float(metrics['loss'])):
-      bad = step - len(values) + i + 1
-      raise TrainingError(f'the loss is {float(metrics["loss"])} at step {bad}; training stopped. '
-                          f'The last good checkpoint (step {checkpoints.latest_step()}) is kept '
-                          f'in {checkpoints.latest.directory}; lower the learning rate or use '
-                          f'float32 and resume')
+    for name in ('loss', 'grad_norm'):
+      if not math.isfinite(float(metrics[name])):
+        bad = step - len(values) + i + 1
+        raise TrainingError(
+            f'the {name.replace("_", " ")} is {float(metrics[name])} at step {bad}; training '
+            f'stopped. The last good checkpoint (step {checkpoints.latest_step()}) is kept in '
+            f'{checkpoints.latest.directory}; lower the learning rate or use float32 and resume')
   pending.clear()
   return values
 
@@ -266,12 +269,14 @@ def _evaluate_only(config: ml_collections.ConfigDict, model: Sequencer, mesh: ja
   params = jax.device_put(init_params(config, model, replace_head_ok=False), params_sharding)
   os.makedirs(workdir, exist_ok=True)
   logger = _Logger(workdir)
-  eval_step = train_step.make_eval_step(model, mesh=mesh, params_sharding=params_sharding)
-  metrics = evaluate(eval_step, params, eval_source, config, mesh)
-  logger.write(0, 'eval', metrics)
-  logger.info('eval: top-1 %.4f, top-5 %.4f, loss %.4f over %d images', metrics['top1'],
-              metrics['top5'], metrics['loss'], metrics['examples'])
-  logger.close()
+  try:
+    eval_step = train_step.make_eval_step(model, mesh=mesh, params_sharding=params_sharding)
+    metrics = evaluate(eval_step, params, eval_source, config, mesh)
+    logger.write(0, 'eval', metrics)
+    logger.info('eval: top-1 %.4f, top-5 %.4f, loss %.4f over %d images', metrics['top1'],
+                metrics['top5'], metrics['loss'], metrics['examples'])
+  finally:
+    logger.close()
   return metrics
 
 
@@ -303,89 +308,83 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   total_steps = optim.total_epochs(schedule_cfg) * steps_per_epoch
   optimizer, schedule = build_optimizer(config, steps_per_epoch)
   checkpoints = TrainCheckpoints(workdir, run_record(config), config.keep_checkpoints)
-  resume = checkpoints.latest_step() is not None
-  state, state_shardings = train_step.create_train_state(
-      model, optimizer, image_size=config.data.image_size, seed=config.seed, mesh=mesh,
-      fsdp=config.fsdp, ema=config.ema_decay is not None,
-      params=None if resume else init_params(config, model))
-  if resume:
-    try:
+  with contextlib.ExitStack() as cleanup:  # Closed on every way out, errors included.
+    cleanup.callback(checkpoints.close)
+    resume = checkpoints.latest_step() is not None
+    state, state_shardings = train_step.create_train_state(
+        model, optimizer, image_size=config.data.image_size, seed=config.seed, mesh=mesh,
+        fsdp=config.fsdp, ema=config.ema_decay is not None,
+        params=None if resume else init_params(config, model))
+    if resume:
       state = checkpoints.restore(state)
-    except CheckpointError:
-      checkpoints.close()
-      raise
-  logger = _Logger(workdir)
-  if resume:
-    logger.info('resumed from %s at step %d', checkpoints.latest.directory, int(state.step))
-  step = int(state.step)
-  _write_config(config, workdir, step)
-  n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
-  logger.info('%s: %s parameters; %d steps per epoch, %d epochs, %d steps; %d devices, '
-              '%d processes', config.model.name, f'{n_params:,}', steps_per_epoch,
-              optim.total_epochs(schedule_cfg), total_steps, mesh.size, count)
-  update = train_step.make_train_step(
-      model, optimizer, mixup=mixup_config(config), label_smoothing=config.aug.smoothing,
-      grad_accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay, mesh=mesh,
-      state_shardings=state_shardings)
-  eval_step = train_step.make_eval_step(
-      build_model(config, train=False), mesh=mesh, params_sharding=state_shardings.params)
-  augment = train_augment(config)
-  preemption = _Preemption()
-  pending: list[dict[str, jax.Array]] = []
-  metrics: dict[str, float] = {}
-  window_start, window_step = time.perf_counter(), step
-  try:
-    while step < total_steps:
-      epoch, start = divmod(step, steps_per_epoch)
-      batches = pipeline.train_batches(
-          train_source, global_batch=config.global_batch_size,
-          image_size=config.data.image_size, augment=augment, seed=config.seed, epoch=epoch,
-          start_step=start, process_index=index, process_count=count)
-      for batch in batches:
-        try:
+    logger = _Logger(workdir)
+    cleanup.callback(logger.close)
+    if resume:
+      logger.info('resumed from %s at step %d', checkpoints.latest.directory, int(state.step))
+    step = int(state.step)
+    _write_config(config, workdir, step)
+    n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+    logger.info('%s: %s parameters; %d steps per epoch, %d epochs, %d steps; %d devices, '
+                '%d processes', config.model.name, f'{n_params:,}', steps_per_epoch,
+                optim.total_epochs(schedule_cfg), total_steps, mesh.size, count)
+    update = train_step.make_train_step(
+        model, optimizer, mixup=mixup_config(config), label_smoothing=config.aug.smoothing,
+        grad_accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay, mesh=mesh,
+        state_shardings=state_shardings)
+    eval_step = train_step.make_eval_step(
+        build_model(config, train=False), mesh=mesh, params_sharding=state_shardings.params)
+    augment = train_augment(config)
+    preemption = _Preemption()
+    cleanup.callback(preemption.restore)
+    pending: list[dict[str, jax.Array]] = []
+    metrics: dict[str, float] = {}
+    window_start, window_step = time.perf_counter(), step
+    try:
+      while step < total_steps:
+        epoch, start = divmod(step, steps_per_epoch)
+        batches = pipeline.train_batches(
+            train_source, global_batch=config.global_batch_size,
+            image_size=config.data.image_size, augment=augment, seed=config.seed, epoch=epoch,
+            start_step=start, process_index=index, process_count=count)
+        for batch in batches:
           state, step_metrics = update(state, sharding.global_batch(batch, mesh))
-        except jax.errors.JaxRuntimeError as e:
-          if 'RESOURCE_EXHAUSTED' in str(e):
-            raise TrainingError(_oom_message(e, config, mesh)) from None
-          raise
-        step += 1
-        pending.append(step_metrics)
-        end_of_epoch = step % steps_per_epoch == 0
-        if step % config.log_every_steps == 0 or end_of_epoch or step == total_steps:
-          values = _check_finite(pending, step, checkpoints)
-          elapsed = time.perf_counter() - window_start
-          images_per_s = (step - window_step) * config.global_batch_size / elapsed
-          scalars = {'loss': float(np.mean([v['loss'] for v in values])),
-                     'grad_norm': float(np.mean([v['grad_norm'] for v in values])),
-                     'learning_rate': float(schedule(step - 1)),
-                     'images_per_s': images_per_s,
-                     'images_per_s_per_device': images_per_s / mesh.size,
-                     'step_time_s': elapsed / (step - window_step), 'epoch': step / steps_per_epoch,
-                     'skipped_images': float(len(batches.skipped))}
-          logger.write(step, 'train', scalars)
-          eta = (total_steps - step) * scalars['step_time_s']
-          logger.info('step %d/%d (epoch %.2f): loss %.4f, lr %.3g, %.1f img/s, ETA %s', step,
-                      total_steps, scalars['epoch'], scalars['loss'], scalars['learning_rate'],
-                      images_per_s, time.strftime('%H:%M:%S', time.gmtime(eta)))
-          window_start, window_step = time.perf_counter(), step
-        stop = preemption.reached(step)
-        if stop or end_of_epoch or step % config.checkpoint_every_steps == 0:
-          _check_finite(pending, step, checkpoints)
-          checkpoints.save(step, state)
-        if end_of_epoch and ((step // steps_per_epoch) % config.eval_every_epochs == 0
-                             or step == total_steps):
-          metrics = evaluate(eval_step, state.params, eval_source, config, mesh)
-          logger.write(step, 'eval', metrics)
-          logger.info('eval at epoch %d: top-1 %.4f, top-5 %.4f, loss %.4f', step //
-                      steps_per_epoch, metrics['top1'], metrics['top5'], metrics['loss'])
-          checkpoints.save_best(step, state, metrics['top1'])
-        if stop:
-          logger.info('preempted: saved step %d; the next start resumes from it', step)
-          return metrics
-  finally:
-    preemption.restore()
-    checkpoints.wait()
-    checkpoints.close()
-    logger.close()
-  return metrics
+          step += 1
+          pending.append(step_metrics)
+          end_of_epoch = step % steps_per_epoch == 0
+          if step % config.log_every_steps == 0 or end_of_epoch or step == total_steps:
+            values = _check_finite(pending, step, checkpoints)
+            elapsed = time.perf_counter() - window_start
+            images_per_s = (step - window_step) * config.global_batch_size / elapsed
+            scalars = {'loss': float(np.mean([v['loss'] for v in values])),
+                       'grad_norm': float(np.mean([v['grad_norm'] for v in values])),
+                       'learning_rate': float(schedule(step - 1)),
+                       'images_per_s': images_per_s,
+                       'images_per_s_per_device': images_per_s / mesh.size,
+                       'step_time_s': elapsed / (step - window_step), 'epoch': step / steps_per_epoch,
+                       'skipped_images': float(len(batches.skipped))}
+            logger.write(step, 'train', scalars)
+            eta = (total_steps - step) * scalars['step_time_s']
+            logger.info('step %d/%d (epoch %.2f): loss %.4f, lr %.3g, %.1f img/s, ETA %s', step,
+                        total_steps, scalars['epoch'], scalars['loss'], scalars['learning_rate'],
+                        images_per_s, time.strftime('%H:%M:%S', time.gmtime(eta)))
+            window_start, window_step = time.perf_counter(), step
+          stop = preemption.reached(step)
+          if stop or end_of_epoch or step % config.checkpoint_every_steps == 0:
+            _check_finite(pending, step, checkpoints)
+            checkpoints.save(step, state)
+          if end_of_epoch and ((step // steps_per_epoch) % config.eval_every_epochs == 0
+                               or step == total_steps):
+            metrics = evaluate(eval_step, state.params, eval_source, config, mesh)
+            logger.write(step, 'eval', metrics)
+            logger.info('eval at epoch %d: top-1 %.4f, top-5 %.4f, loss %.4f', step //
+                        steps_per_epoch, metrics['top1'], metrics['top5'], metrics['loss'])
+            checkpoints.save_best(step, state, metrics['top1'])
+          if stop:
+            logger.info('preempted: saved step %d; the next start resumes from it', step)
+            return metrics
+    except jax.errors.JaxRuntimeError as e:  # Raised where a result is first awaited.
+      if 'RESOURCE_EXHAUSTED' in str(e):
+        raise TrainingError(_oom_message(e, config, mesh)) from None
+      raise
+    return metrics
 

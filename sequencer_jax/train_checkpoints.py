@@ -19,15 +19,13 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from sequencer_jax.checkpoint import short_reason
+from sequencer_jax.checkpoint import CheckpointError, short_reason
+
+_ITEMS = ('state', 'run', 'checksums')
 
 # The config fields that define a run: a checkpoint whose values differ belongs to another run.
 RUN_FIELDS = ('model.name', 'model.arch', 'model.num_classes', 'data.dataset', 'data.image_size',
               'global_batch_size')
-
-
-class CheckpointError(ValueError):
-  """A checkpoint that cannot be used for this run; the message says why."""
 
 
 def run_record(config: Any) -> dict[str, Any]:
@@ -57,23 +55,37 @@ def checksums(state: Any) -> list[int]:
   return [int(c) for c in jax.device_get(_checksums(state))]
 
 
-class TrainCheckpoints:
-  """Saves and restores train states of the run described by `record`."""
+def _damaged(directory: Any, step: int, reason: str) -> CheckpointError:
+  return CheckpointError(
+      f'checkpoint {step} in {directory} is damaged ({reason}). Nothing was changed; to resume '
+      f'from the newest checkpoint before it, move it out of the way: '
+      f'mv {directory}/{step} {directory}/{step}.damaged')
 
-  def __init__(self, workdir: str, record: dict[str, Any], keep: int):
+
+class TrainCheckpoints:
+  """Saves and restores train states of the run described by `record`.
+
+  `restore` refuses a checkpoint of another run (its record differs) or a damaged one, and
+  changes nothing. `read_only` opens for restoring only (no directories created, no leftovers of
+  cut writes removed).
+  """
+
+  def __init__(self, workdir: str, record: dict[str, Any], keep: int, *,
+               read_only: bool = False):
     self.record = record
+    root = os.path.abspath(workdir)
     # A write cut short leaves a temporary directory, never a step: removed at the next start.
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           cleanup_tmp_directories=True,
-                                           enable_async_checkpointing=True)
-    self.latest = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
-                                        options=options, item_names=('state', 'run', 'checksums'))
-    best_options = ocp.CheckpointManagerOptions(
-        max_to_keep=1, create=True, best_fn=lambda metrics: metrics['top1'], best_mode='max',
-        keep_checkpoints_without_metrics=False, cleanup_tmp_directories=True,
-        enable_async_checkpointing=True)
-    self.best = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'best'),
-                                      options=best_options, item_names=('state', 'run', 'checksums'))
+    writable = {'create': True, 'cleanup_tmp_directories': True}
+    common = {'enable_async_checkpointing': True,
+              **({'read_only': True} if read_only else writable)}
+    self.latest = ocp.CheckpointManager(
+        os.path.join(root, 'checkpoints'), item_names=_ITEMS,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, **common))
+    self.best = ocp.CheckpointManager(
+        os.path.join(root, 'best'), item_names=_ITEMS,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, best_fn=lambda metrics: metrics['top1'], best_mode='max',
+            keep_checkpoints_without_metrics=False, **common))
 
   def _args(self, state: Any) -> ocp.args.Composite:
     return ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -92,37 +104,32 @@ class TrainCheckpoints:
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
 
-  def _damaged(self, step: int, reason: str) -> CheckpointError:
-    directory = self.latest.directory
-    return CheckpointError(
-        f'checkpoint {step} in {directory} is damaged ({reason}). Nothing was changed; to resume '
-        f'from the newest checkpoint before it, move it out of the way: '
-        f'mv {directory}/{step} {directory}/{step}.damaged')
-
   def restore(self, abstract_state: Any, step: int | None = None) -> Any:
-    """The state at `step` (default: the newest), laid out as `abstract_state`'s shardings."""
+    """The state at `step` (default: the newest), laid out as `abstract_state`'s shardings,
+    after checking the run record and the checksums."""
     step = self.latest.latest_step() if step is None else step
+    directory = self.latest.directory
     try:
       record = self.latest.restore(step, args=ocp.args.Composite(
           run=ocp.args.JsonRestore()))['run']
     except (FileNotFoundError, KeyError, ValueError) as e:
-      raise self._damaged(step, f'its run record cannot be read: {e}') from None
+      raise _damaged(directory, step, f'its run record cannot be read: {e}') from None
     if record != self.record:
       diff = {k: (record.get(k), v) for k, v in self.record.items() if record.get(k) != v}
       raise CheckpointError(
-          f'{self.latest.directory} holds another run (checkpoint vs this config: {diff}); use a '
-          f'new workdir, or point init_from at that checkpoint to start a new run from it')
+          f'{directory} holds another run (checkpoint vs this config: {diff}); use a new '
+          f'workdir, or point init_from at that checkpoint to start a new run from it')
     target = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), abstract_state)
     try:
       restored = self.latest.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target), checksums=ocp.args.JsonRestore()))
     except Exception as e:  # noqa: BLE001 - tensorstore raises bare Exceptions for bad bytes.
-      raise self._damaged(step, f'its arrays cannot be read: {short_reason(e)}') from None
+      raise _damaged(directory, step, f'its arrays cannot be read: {short_reason(e)}') from None
     found = checksums(restored['state'])
     if found != restored['checksums']:
       bad = sum(a != b for a, b in zip(found, restored['checksums']))
-      raise self._damaged(step, f'{bad} of {len(found)} arrays differ from what was written')
+      raise _damaged(directory, step, f'{bad} of {len(found)} arrays differ from what was written')
     return restored['state']
 
   def wait(self) -> None:
@@ -131,5 +138,7 @@ class TrainCheckpoints:
     self.best.wait_until_finished()
 
   def close(self) -> None:
+    """Waits for the saves started, then releases the managers."""
+    self.wait()
     self.latest.close()
     self.best.close()

@@ -21,7 +21,12 @@ from test_train import _config
 from configs import demo
 from sequencer_jax import config_fields, train
 from sequencer_jax.data.folder import DatasetError
-from sequencer_jax.train_checkpoints import CheckpointError, TrainCheckpoints, run_record
+from sequencer_jax.train_checkpoints import (
+  CheckpointError,
+  TrainCheckpoints,
+  checksums,
+  run_record,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -103,6 +108,15 @@ def test_bad_datasets_are_named_and_the_workdir_is_left_as_it_was(case, tmp_path
   assert {k: v for k, v in after.items() if k in before} == before
   if case != 'unreadable':  # Refused before anything was written.
     assert after == before
+
+
+def test_checksums_change_with_any_array():
+  state = _small_state()
+  want = checksums(state)
+  assert checksums(state) == want
+  assert checksums({**state, 'w': state['w'].at[1, 2].add(1e-6)}) != want
+  assert checksums({**state, 'rng': jax.random.key(1)}) != want
+  assert checksums({**state, 'step': state['step'] + 1}) != want
 
 
 def _small_state():

@@ -125,10 +125,10 @@ def test_train_resume_and_evaluate(dataset, whole_run, tmp_path, monkeypatch):
   assert resumed['top1'] == metrics['top1']
 
   # Another run's workdir is refused, and left as it was.
-  before = sorted(os.listdir(os.path.join(whole, 'checkpoints')))
+  before = snapshot(whole)
   with pytest.raises(CheckpointError, match='holds another run.*global_batch_size'):
     train.train_and_evaluate(_config(dataset, global_batch_size=8), whole)
-  assert sorted(os.listdir(os.path.join(whole, 'checkpoints'))) == before
+  assert snapshot(whole) == before
 
 
 def test_init_from_a_checkpoint_with_another_head_keeps_the_rest(tmp_path):
@@ -185,7 +185,8 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(dataset, t
 def test_out_of_memory_names_the_per_device_batch_and_changes_no_checkpoint(dataset, whole_run,
                                                                              tmp_path,
                                                                              monkeypatch):
-  """A real RESOURCE_EXHAUSTED from XLA in the first step after a resume (a 4 TiB buffer)."""
+  """A real RESOURCE_EXHAUSTED from XLA in the first step after a resume: a 256 TiB buffer, more
+  than the address space, so that it fails whatever the kernel's overcommit policy."""
   workdir = str(tmp_path / 'oom')
   shutil.copytree(whole_run[0], workdir)
   before = snapshot(os.path.join(workdir, 'checkpoints'))
@@ -193,7 +194,7 @@ def test_out_of_memory_names_the_per_device_batch_and_changes_no_checkpoint(data
 
   def make_train_step_out_of_memory(*args, **kwargs):
     update = real_make_train_step(*args, **kwargs)
-    huge = jax.jit(lambda x: jnp.zeros((1 << 40,), jnp.float32) + x)
+    huge = jax.jit(lambda x: jnp.zeros((1 << 46,), jnp.float32) + x)
 
     def step(state, batch):
       huge(1.0).block_until_ready()
