@@ -60,11 +60,15 @@ def _command(workdir: str, overrides: dict[str, Any]) -> list[str]:
           f'--config.{k}={v}' for k, v in overrides.items()]
 
 
-def _environment(cache_dir: str) -> dict[str, str]:
-  """One CPU device; compilations cached on disk so that restarts skip them."""
+def worker_environment(cache_dir: str, *, devices: int = 1,
+                       python_path: tuple[str, ...] = ()) -> dict[str, str]:
+  """The environment of a CPU worker process with `devices` simulated devices; compilations
+  cached on disk in `cache_dir`, so that restarts skip them."""
   return dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
+              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
               JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0', PYTHONPATH=REPO)
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',
+              PYTHONPATH=os.pathsep.join((REPO, *python_path)))
 
 
 def checkpoint_entries(workdir: str) -> tuple[list[int], list[str]]:
@@ -206,7 +210,7 @@ def run_soak(soak_dir: str, *, kills: int, epochs: int, train_per_class: int = 4
   config = soak_config(overrides)
   steps_per_epoch = train_per_class * config.model.num_classes // config.global_batch_size
   restorer = _Restorer(config, steps_per_epoch)
-  env = _environment(os.path.join(soak_dir, 'compilation_cache'))
+  env = worker_environment(os.path.join(soak_dir, 'compilation_cache'))
   workdir = os.path.join(soak_dir, 'killed')
   report = SoakReport(kills_requested=kills)
   previous: list[int] = []

@@ -52,11 +52,7 @@ def cache_dir(tmp_path_factory):
 
 
 def _environment(devices: int, cache_dir: str) -> dict[str, str]:
-  return dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
-              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-              PYTHONPATH=os.pathsep.join([REPO, HERE]), JAX_COMPILATION_CACHE_DIR=cache_dir,
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+  return kill_soak.worker_environment(cache_dir, devices=devices, python_path=(HERE,))
 
 
 def _run_all(commands: list[list[str]], env: dict[str, str], logs: list[str],
