@@ -78,14 +78,19 @@ class TrainCheckpoints:
     writable = {'create': True, 'cleanup_tmp_directories': True}
     common = {'enable_async_checkpointing': True,
               **({'read_only': True} if read_only else writable)}
+    # Each manager syncs processes at barriers named after it: with one shared name, a save to
+    # best/ while a save to checkpoints/ is finishing collides ("Barrier ... is already ongoing").
     self.latest = ocp.CheckpointManager(
         os.path.join(root, 'checkpoints'), item_names=_ITEMS,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, **common))
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, multiprocessing_options=ocp.options.MultiprocessingOptions(
+                barrier_sync_key_prefix='checkpoints'), **common))
     self.best = ocp.CheckpointManager(
         os.path.join(root, 'best'), item_names=_ITEMS,
         options=ocp.CheckpointManagerOptions(
             max_to_keep=1, best_fn=lambda metrics: metrics['top1'], best_mode='max',
-            keep_checkpoints_without_metrics=False, **common))
+            keep_checkpoints_without_metrics=False, multiprocessing_options=(
+                ocp.options.MultiprocessingOptions(barrier_sync_key_prefix='best')), **common))
 
   def _args(self, state: Any) -> ocp.args.Composite:
     return ocp.args.Composite(state=ocp.args.StandardSave(state),
