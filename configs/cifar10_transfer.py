@@ -1,4 +1,4 @@
-"""Fine-tune ImageNet-trained Sequencer2D-S on CIFAR-10 (spec section 5.4).
+"""Fine-tune ImageNet-trained Sequencer2D-S on CIFAR-10.
 
   python convert_torch_weights.py sequencer2d_s.pth $CKPT/sequencer2d_s
   python main.py --config=configs/cifar10_transfer.py --workdir=$WORKDIR \

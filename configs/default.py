@@ -1,6 +1,6 @@
 """Shared defaults: Sequencer2D-S trained from scratch on ImageNet-1k with the paper's recipe.
 
-Every field names the timm 0.5.4 train.py flag it mirrors (spec section 5.1). The variant
+Every field names the timm 0.5.4 train.py flag it mirrors. The variant
 configs (sequencer2d_s.py, ...) start from `get_config()` here and change what differs.
 """
 

@@ -2,7 +2,7 @@
 
   python main.py --config=configs/sequencer2d_l.py --workdir=$WORKDIR
 
-The S recipe (spec 5.2): the paper's drop-path rate for L is not verified here (its appendix was
+The S recipe: the paper's drop-path rate for L is not verified here (its appendix was
 not available); 0.1 is S's. Expected: 83.4% top-1 (the paper's; not reproduced here).
 """
 

@@ -1,4 +1,4 @@
-"""Fine-tune Sequencer2D-L at 392 from the 224 weights (spec section 5.3).
+"""Fine-tune Sequencer2D-L at 392 from the 224 weights.
 
   python convert_torch_weights.py sequencer2d_l.pth $CKPT/sequencer2d_l
   python main.py --config=configs/sequencer2d_l_392.py --workdir=$WORKDIR \

@@ -1,4 +1,4 @@
-"""Sequencer2D-S from scratch on ImageNet-1k, the paper's recipe (spec section 5.1).
+"""Sequencer2D-S from scratch on ImageNet-1k, the paper's recipe.
 
   python main.py --config=configs/sequencer2d_s.py --workdir=$WORKDIR \
       --config.data.data_dir=$TFDS_DATA_DIR

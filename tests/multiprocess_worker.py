@@ -1,4 +1,4 @@
-"""One process of tests/test_multiprocess.py: trains test_train's tiny run and writes its metrics.
+"""One process of tests/reliability/test_reliability.py: trains the tiny run, writes its metrics.
 
   python multiprocess_worker.py OUT DATASET WORKDIR PROCESS_ID PORT [SIGTERM_AFTER]
       one of two processes joined with jax.distributed on 127.0.0.1:PORT; process 1 sends itself
@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from sequencer_jax import distributed
+from sequencer_jax.train import distributed
 
 
 class _SharesOfTwo:
@@ -64,9 +64,11 @@ def main(argv: list[str]) -> None:
                            process_id=int(role))
   import jax
   jax.config.update('jax_default_matmul_precision', 'highest')
-  import test_train
-  from sequencer_jax import train, train_step
+  from tiny_run import tiny_config
+
   from sequencer_jax.data import pipeline
+  from sequencer_jax.train import loop
+  from sequencer_jax.train import step as train_step
 
   assert jax.device_count() == 4, jax.devices()
   if role == 'reference':
@@ -75,7 +77,7 @@ def main(argv: list[str]) -> None:
         [real(source, **{**kw, 'process_index': i, 'process_count': 2}) for i in range(2)])
   elif len(argv) > 6:
     _slow_after_sigterm(train_step, int(role), int(argv[6]))
-  metrics = train.train_and_evaluate(test_train._config(dataset), workdir)
+  metrics = loop.train_and_evaluate(tiny_config(dataset), workdir)
   with open(out, 'w') as f:
     json.dump({'metrics': metrics, 'process_count': jax.process_count()}, f)
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sequencer_jax.model import SequencerArch
+from sequencer_jax.models import SequencerArch
 
 _CELLS = {'lstm': nn.LSTM, 'gru': nn.GRU, 'rnn': nn.RNN}
 

@@ -15,10 +15,11 @@ import jax
 import numpy as np
 import optax
 
-from sequencer_jax.mixup import MixupConfig
-from sequencer_jax.model import Sequencer, SequencerArch, abstract_params
-from sequencer_jax.sharding import global_batch, make_mesh
-from sequencer_jax.train_step import create_train_state, make_train_step
+from sequencer_jax.data.mixup import MixupConfig
+from sequencer_jax.models import Sequencer, SequencerArch, abstract_params
+from sequencer_jax.train.sharding import global_batch, make_mesh
+from sequencer_jax.train.state import create_train_state
+from sequencer_jax.train.step import make_train_step
 
 # One stage of two blocks (the second with drop path): compiles in half the time of two stages.
 ARCH = SequencerArch(layers=(2,), patch_sizes=(4,), embed_dims=(16,), hidden_sizes=(4,))

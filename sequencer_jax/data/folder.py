@@ -74,9 +74,3 @@ def list_split(root: str, split: str, classes: list[str] | None = None) -> Folde
     raise DatasetError(f'{directory}: {len(empty)} class folder(s) hold no images: '
                        f'{", ".join(empty[:10])}')
   return FolderSplit(tuple(paths), tuple(labels), tuple(classes))
-
-
-def image_folder(root: str, eval_split: str = 'val') -> tuple[FolderSplit, FolderSplit]:
-  """(train, eval) splits of `root`, with the training split's class ids for both."""
-  train = list_split(root, 'train')
-  return train, list_split(root, eval_split, list(train.classes))

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import tensorflow as tf
 
-from sequencer_jax.data import randaugment, transforms
+from sequencer_jax.data import color_jitter, randaugment, transforms
 from sequencer_jax.data.folder import DatasetError
 from sequencer_jax.data.sources import Source
 
@@ -86,8 +86,8 @@ def train_transform(encoded: tf.Tensor, seed: tf.Tensor, size: int,
                                             interpolation=augment.interpolation)
     image = randaugment.rand_augment(image, colour, config)
   elif augment.color_jitter > 0:
-    image = randaugment.color_jitter(image, colour, augment.color_jitter, augment.color_jitter,
-                                     augment.color_jitter)
+    image = color_jitter.color_jitter(image, colour, augment.color_jitter,
+                                      augment.color_jitter, augment.color_jitter)
   image = transforms.normalize(image)
   if augment.reprob > 0:
     image = transforms.random_erasing(image, erase, augment.reprob)

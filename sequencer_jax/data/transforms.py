@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Literal
 
 import tensorflow as tf
 
@@ -69,6 +71,39 @@ def _randint(seed: tf.Tensor, high: tf.Tensor) -> tf.Tensor:
   return tf.random.stateless_uniform((), seed, minval=0, maxval=high + 1, dtype=tf.int32)
 
 
+def sample_box(attempts: tf.Tensor, place: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
+               area_fraction: tuple[float, float], log_aspect: tuple[float, float],
+               box_of: Literal['crop', 'erasing'],
+               fallback: Callable[[], tf.Tensor]) -> tf.Tensor:
+  """timm's ten-attempt box sampling: [top, left, h, w] of a box inside the image.
+
+  Ten draws of an area fraction U(area_fraction) and an aspect ratio exp(U(log_aspect)); the
+  first box that fits is placed uniformly (`place`). timm's two users differ in the details:
+  RandomResizedCrop ('crop') reads the ratio as w / h and takes a non-empty box of at most the
+  image; RandomErasing ('erasing') reads it as h / w and takes a box strictly smaller than the
+  image. When no draw fits, `fallback()`.
+  """
+  area_seed, aspect_seed = tf.unstack(tf.random.experimental.stateless_split(attempts, 2))
+  target_area = _uniform(area_seed, *area_fraction, (10,)) * tf.cast(height * width, tf.float32)
+  aspect = tf.exp(_uniform(aspect_seed, *log_aspect, (10,)))
+  long_side = tf.cast(tf.round(tf.sqrt(target_area * aspect)), tf.int32)
+  short_side = tf.cast(tf.round(tf.sqrt(target_area / aspect)), tf.int32)
+  if box_of == 'crop':
+    ws, hs = long_side, short_side
+    fits = (ws <= width) & (hs <= height) & (ws > 0) & (hs > 0)
+  else:
+    hs, ws = long_side, short_side
+    fits = (ws < width) & (hs < height)
+  first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+
+  def placed() -> tf.Tensor:
+    h, w = hs[first], ws[first]
+    top_seed, left_seed = tf.unstack(tf.random.experimental.stateless_split(place, 2))
+    return tf.stack([_randint(top_seed, height - h), _randint(left_seed, width - w), h, w])
+
+  return tf.cond(tf.reduce_any(fits), placed, fallback)
+
+
 def random_resized_crop_window(height: tf.Tensor, width: tf.Tensor, seed: tf.Tensor,
                                scale: tuple[float, float] = (0.08, 1.0),
                                ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tf.Tensor:
@@ -78,21 +113,8 @@ def random_resized_crop_window(height: tf.Tensor, width: tf.Tensor, seed: tf.Ten
   placed uniformly; if none fits, the largest centred crop within `ratio`.
   """
   attempts, place = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  seeds = tf.unstack(tf.random.experimental.stateless_split(attempts, 2))
-  area = tf.cast(height * width, tf.float32)
-  target_area = _uniform(seeds[0], scale[0], scale[1], (10,)) * area
-  aspect = tf.exp(_uniform(seeds[1], math.log(ratio[0]), math.log(ratio[1]), (10,)))
-  ws = tf.cast(tf.round(tf.sqrt(target_area * aspect)), tf.int32)
-  hs = tf.cast(tf.round(tf.sqrt(target_area / aspect)), tf.int32)
-  fits = (ws <= width) & (hs <= height) & (ws > 0) & (hs > 0)
-  first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
 
-  def sampled():
-    h, w = hs[first], ws[first]
-    top_seed, left_seed = tf.unstack(tf.random.experimental.stateless_split(place, 2))
-    return tf.stack([_randint(top_seed, height - h), _randint(left_seed, width - w), h, w])
-
-  def fallback():
+  def fallback() -> tf.Tensor:
     in_ratio = tf.cast(width, tf.float32) / tf.cast(height, tf.float32)
     w = tf.where(in_ratio > max(ratio),
                  tf.cast(tf.round(tf.cast(height, tf.float32) * max(ratio)), tf.int32), width)
@@ -100,7 +122,8 @@ def random_resized_crop_window(height: tf.Tensor, width: tf.Tensor, seed: tf.Ten
                  tf.cast(tf.round(tf.cast(width, tf.float32) / min(ratio)), tf.int32), height)
     return tf.stack([(height - h) // 2, (width - w) // 2, h, w])
 
-  return tf.cond(tf.reduce_any(fits), sampled, fallback)
+  return sample_box(attempts, place, height, width, scale,
+                    (math.log(ratio[0]), math.log(ratio[1])), 'crop', fallback)
 
 
 def resize_to(image: tf.Tensor, size: int, method: tf.Tensor | str) -> tf.Tensor:
@@ -175,20 +198,13 @@ def random_erasing(image: tf.Tensor, seed: tf.Tensor, prob: float = 0.25,
   height, width = shape[0], shape[1]
 
   def erase():
-    area_seed, aspect_seed = tf.unstack(tf.random.experimental.stateless_split(attempts, 2))
-    target_area = _uniform(area_seed, min_area, max_area, (10,)) * tf.cast(height * width,
-                                                                            tf.float32)
-    aspect = tf.exp(_uniform(aspect_seed, math.log(min_aspect), -math.log(min_aspect), (10,)))
-    hs = tf.cast(tf.round(tf.sqrt(target_area * aspect)), tf.int32)
-    ws = tf.cast(tf.round(tf.sqrt(target_area / aspect)), tf.int32)
-    fits = (ws < width) & (hs < height)
-    first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
-    h, w = hs[first], ws[first]
-    top_seed, left_seed = tf.unstack(tf.random.experimental.stateless_split(place, 2))
-    top, left = _randint(top_seed, height - h), _randint(left_seed, width - w)
+    top, left, h, w = tf.unstack(sample_box(
+        attempts, place, height, width, (min_area, max_area),
+        (math.log(min_aspect), -math.log(min_aspect)), 'erasing',
+        lambda: tf.zeros([4], tf.int32)))  # No box fits: nothing is erased.
     rows, cols = tf.range(height)[:, None, None], tf.range(width)[None, :, None]
     inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
     fill = tf.random.stateless_normal(shape, noise, dtype=image.dtype)
-    return tf.where(inside & tf.reduce_any(fits), fill, image)
+    return tf.where(inside, fill, image)
 
   return tf.cond(_uniform(gate) < prob, erase, lambda: image)

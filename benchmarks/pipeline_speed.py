@@ -1,0 +1,350 @@
+"""Times our tf.data training transform beside timm's PIL one on the same JPEGs, in the same run.
+
+  python -m benchmarks.pipeline_speed --num-images 256 --repeats 5
+
+Both pipelines read every file from disk on every pass (the OS page cache serves both alike) and
+run the paper's augmentation on it: decode, RandomResizedCrop(224, scale (0.08, 1), ratio (3/4,
+4/3), random bilinear/bicubic), horizontal flip, RandAugment rand-m9-mstd0.5-inc1, normalise,
+RandomErasing(0.25, pixel). Ours runs on one core (a private one-thread tf.data pool, one map
+call at a time) and on all cores (AUTOTUNE); timm's runs in this process with one torch thread,
+which is one core, as one DataLoader worker is. Each configuration runs one untimed pass (tracing,
+warm caches), then `--repeats` timed passes; the median pass gives images/s, and the process CPU
+time of that pass gives images per CPU-second (less sensitive to other load on the machine). A
+breakdown of ours (decode + crop, + RandAugment, full) shows where the time goes.
+
+torchvision is not needed: timm's own crop sampling, RandAugment and RandomErasing run as they
+are, and the few torchvision steps between them are the PIL/torch calls torchvision makes for PIL
+images (listed in EMULATED). Without `--data-dir`, `--num-images` JPEGs of ImageNet-like sizes and
+content are generated into a temporary directory. The run ends with one table, the ratio of ours
+to timm per core, and one JSON line holding every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import platform
+import random
+import statistics
+import tempfile
+import time
+import types
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+import numpy as np  # noqa: E402
+import PIL  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from sequencer_jax.data import pipeline  # noqa: E402
+from sequencer_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from tools.torchvision_stand_in import import_timm  # noqa: E402
+
+GOAL_IMAGES_PER_S_PER_CORE = 250.0
+# (width, height) of the generated files: ImageNet's common landscape and portrait shapes.
+IMAGE_SIZES = ((500, 375), (375, 500), (500, 333), (333, 500), (400, 300), (500, 400))
+# (grid cells, amplitude) of the smooth random fields summed into a generated image.
+FIELD_SCALES = ((4, 60.0), (12, 35.0), (40, 30.0), (120, 30.0), (250, 25.0))
+JPEG_SUFFIXES = ('.jpg', '.jpeg')
+# Breakdown of ours: each stage is the paper's TrainAugment with the later steps switched off.
+STAGES = {
+    'decode+crop+norm': {'hflip': 0.0, 'auto_augment': None, 'color_jitter': 0.0, 'reprob': 0.0},
+    '+flip+RandAugment': {'reprob': 0.0},
+    'full': {},
+}
+EMULATED = (
+    "Image.open(path).convert('RGB') (timm's ImageDataset loader, inlined)",
+    'F.resized_crop: img.crop((j, i, j + w, i + h)).resize((224, 224), interpolation)',
+    'RandomHorizontalFlip: torch.rand(1) < p -> img.transpose(FLIP_LEFT_RIGHT)',
+    'ToTensor: from_numpy(np.array(img)).permute(2, 0, 1).contiguous().float().div(255)',
+    'Normalize: tensor.clone().sub_(mean).div_(std)',
+    "F.get_image_size (inside timm's get_params): img.size",
+)
+
+
+@dataclasses.dataclass
+class Result:
+  pipeline: str  # 'ours' or 'timm'
+  stage: str  # a key of STAGES
+  cores: int
+  median_s: float  # Wall-clock seconds of the median pass.
+  images_per_s: float
+  images_per_s_per_core: float
+  images_per_cpu_s: float  # Images per second of process CPU time (median pass).
+
+
+def generate_jpegs(directory: str | Path, num_images: int, seed: int = 0,
+                   quality: int = 90) -> list[Path]:
+  """Writes `num_images` JPEGs of ImageNet-like sizes: random colour fields at five scales plus
+  pixel noise, which compress about as ImageNet photos do (~100 KiB at 500x375)."""
+  rng = np.random.default_rng(seed)
+  directory = Path(directory)
+  paths = []
+  for index in range(num_images):
+    width, height = IMAGE_SIZES[rng.integers(len(IMAGE_SIZES))]
+    field = np.zeros((height, width, 3), np.float32)
+    for cells, amplitude in FIELD_SCALES:
+      coarse = rng.normal(0.0, amplitude, (cells, cells, 3)).astype(np.float32)
+      for channel in range(3):
+        layer = Image.fromarray(coarse[..., channel], mode='F')
+        field[..., channel] += np.asarray(layer.resize((width, height), Image.Resampling.BICUBIC))
+    field += rng.uniform(60.0, 190.0, 3).astype(np.float32) + rng.normal(0.0, 8.0, field.shape)
+    path = directory / f'image_{index:05d}.jpg'
+    Image.fromarray(np.clip(field, 0, 255).astype(np.uint8)).save(path, quality=quality)
+    paths.append(path)
+  return paths
+
+
+def find_jpegs(directory: str | Path, num_images: int) -> list[Path]:
+  """The first `num_images` JPEGs (by name) under `directory`."""
+  paths = sorted(p for p in Path(directory).rglob('*') if p.suffix.lower() in JPEG_SUFFIXES)
+  if not paths:
+    raise SystemExit(f'no JPEG files under {directory}')
+  return paths[:num_images]
+
+
+def ours_dataset(paths: Sequence[Path], image_size: int, augment: pipeline.TrainAugment,
+                 threads: int | None, seed: int = 0) -> tf.data.Dataset:
+  """read_file + `pipeline.train_transform` over `paths`, one seed per example as in
+  `pipeline.train_batches`. threads=None: one core (one thread, one map call at a time);
+  otherwise a private pool of `threads` threads and AUTOTUNE map calls."""
+  base = tf.constant([seed, 0], tf.int64)
+
+  def example(position, path):
+    example_seed = tf.random.experimental.stateless_fold_in(base, position)
+    return pipeline.train_transform(tf.io.read_file(path), example_seed, image_size, augment)
+
+  options = tf.data.Options()
+  options.deterministic = True
+  options.threading.max_intra_op_parallelism = 1
+  options.threading.private_threadpool_size = threads or 1
+  return (tf.data.Dataset.from_tensor_slices([str(p) for p in paths]).enumerate()
+          .map(example, num_parallel_calls=tf.data.AUTOTUNE if threads else 1)
+          .with_options(options))
+
+
+def _timm_get_params() -> Callable:
+  """timm's RandomResizedCropAndInterpolation.get_params, run with torchvision's
+  F.get_image_size for PIL images (img.size) in place of the stand-in's refusing one."""
+  from timm.data.transforms import RandomResizedCropAndInterpolation
+  code = RandomResizedCropAndInterpolation.get_params
+  shim = types.SimpleNamespace(get_image_size=lambda img: list(img.size))
+  return types.FunctionType(code.__code__, dict(code.__globals__, F=shim), code.__name__,
+                            code.__defaults__, code.__closure__)
+
+
+def timm_transform(image_size: int,
+                   augment: pipeline.TrainAugment) -> Callable[[Path], torch.Tensor]:
+  """timm's `transforms_imagenet_train` for `augment`, path in, float32 (3, size, size) out."""
+  import_timm()
+  from timm.data import transforms as timm_transforms
+  from timm.data.auto_augment import rand_augment_transform
+  from timm.data.random_erasing import RandomErasing
+  if augment.auto_augment is None and augment.color_jitter > 0:
+    raise NotImplementedError("torchvision's ColorJitter is not emulated")
+  crop = timm_transforms.RandomResizedCropAndInterpolation(image_size, augment.scale,
+                                                           augment.ratio, augment.interpolation)
+  modes = crop.interpolation if isinstance(crop.interpolation, tuple) else (crop.interpolation,)
+  pil_modes = [timm_transforms.str_to_pil_interp(timm_transforms.interp_mode_to_str(m))
+               for m in modes]
+  get_params = _timm_get_params()
+  size = (image_size, image_size)
+  rand_augment = None
+  if augment.auto_augment is not None:
+    # What transforms_imagenet_train passes (interpolation 'random': no 'interpolation' key).
+    hparams = {'translate_const': int(image_size * 0.45),
+               'img_mean': tuple(min(255, round(255 * x)) for x in IMAGENET_MEAN)}
+    if augment.interpolation != 'random':
+      hparams['interpolation'] = timm_transforms.str_to_pil_interp(augment.interpolation)
+    rand_augment = rand_augment_transform(augment.auto_augment, hparams)
+  erase = (RandomErasing(augment.reprob, mode=augment.remode, max_count=augment.recount,
+                         device='cpu') if augment.reprob > 0 else None)
+  mean = torch.tensor(IMAGENET_MEAN).view(-1, 1, 1)
+  std = torch.tensor(IMAGENET_STD).view(-1, 1, 1)
+
+  def transform(path: Path) -> torch.Tensor:
+    img = Image.open(path).convert('RGB')
+    i, j, h, w = get_params(img, crop.scale, crop.ratio)
+    img = img.crop((j, i, j + w, i + h))
+    if (h, w) != size:  # torchvision's resize returns an image of the right size as it is.
+      img = img.resize(size, random.choice(pil_modes))
+    if augment.hflip > 0 and torch.rand(1) < augment.hflip:
+      img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if rand_augment is not None:
+      img = rand_augment(img)
+    tensor = torch.from_numpy(np.array(img, np.uint8, copy=True)).permute(2, 0, 1).contiguous()
+    tensor = tensor.to(torch.float32).div(255).clone().sub_(mean).div_(std)
+    return erase(tensor) if erase is not None else tensor
+
+  return transform
+
+
+def time_passes(run_pass: Callable[[], int], num_images: int,
+                repeats: int) -> tuple[float, float]:
+  """(wall, CPU) seconds of the median of `repeats` timed passes, after one untimed pass.
+
+  `run_pass` returns how many images it produced, which must be `num_images`.
+  """
+  passes = []
+  for timed in [False] + [True] * repeats:
+    wall, cpu = time.perf_counter(), time.process_time()
+    count = run_pass()
+    if count != num_images:
+      raise RuntimeError(f'a pass produced {count} images, expected {num_images}')
+    if timed:
+      passes.append((time.perf_counter() - wall, time.process_time() - cpu))
+  passes.sort()
+  return passes[(len(passes) - 1) // 2]
+
+
+def _count(iterable) -> int:
+  return sum(1 for _ in iterable)
+
+
+def _result(name: str, stage: str, cores: int, num_images: int,
+            seconds: tuple[float, float]) -> Result:
+  wall, cpu = seconds
+  return Result(name, stage, cores, wall, num_images / wall, num_images / wall / cores,
+                num_images / cpu)
+
+
+def benchmark_ours(paths: Sequence[Path], image_size: int, repeats: int,
+                   threads: int) -> list[Result]:
+  """Our pipeline: every stage on one core, then the full one on `threads` cores."""
+  results = []
+  runs = [(stage, None) for stage in STAGES] + [('full', threads)]
+  for stage, cores in runs:
+    augment = pipeline.TrainAugment(**STAGES[stage])
+    dataset = ours_dataset(paths, image_size, augment, cores)
+    seconds = time_passes(functools.partial(_count, dataset), len(paths), repeats)
+    results.append(_result('ours', stage, cores or 1, len(paths), seconds))
+    _print_progress(results[-1])
+  return results
+
+
+def benchmark_timm(paths: Sequence[Path], image_size: int, repeats: int,
+                   seed: int = 0) -> Result:
+  """timm's pipeline, full, on one core; every pass draws the same augmentations."""
+  transform = timm_transform(image_size, pipeline.TrainAugment())
+
+  def run_pass() -> int:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return _count(transform(path) for path in paths)
+
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  try:
+    seconds = time_passes(run_pass, len(paths), repeats)
+  finally:
+    torch.set_num_threads(threads)
+  result = _result('timm', 'full', 1, len(paths), seconds)
+  _print_progress(result)
+  return result
+
+
+def _print_progress(r: Result) -> None:
+  print(f'# {r.pipeline:4s} {r.stage:17s} {r.cores} core(s): {r.images_per_s:7.1f} img/s, '
+        f'{r.images_per_s_per_core:7.1f} img/s/core', flush=True)
+
+
+def summary(results: Sequence[Result]) -> dict[str, float | bool | None]:
+  """Ours (full) against timm per core, and whether the goals are met."""
+  ours_runs = [r for r in results if r.pipeline == 'ours' and r.stage == 'full']
+  timm = next((r for r in results if r.pipeline == 'timm'), None)
+  if not ours_runs:
+    raise ValueError('no result of our full pipeline')
+  ours, ours_all = ours_runs[0], ours_runs[-1]
+  ratio = ours.images_per_s / timm.images_per_s if timm else None
+  return {
+      'ours_per_core': ours.images_per_s,
+      'ours_per_core_all_cores': ours_all.images_per_s_per_core,
+      'timm_per_core': timm.images_per_s if timm else None,
+      'ratio_per_core': ratio,
+      'ratio_per_cpu_s': ours.images_per_cpu_s / timm.images_per_cpu_s if timm else None,
+      'goal_per_core_met': ours.images_per_s >= GOAL_IMAGES_PER_S_PER_CORE,
+      'goal_faster_than_timm_met': ratio > 1 if timm else None,
+  }
+
+
+def _print_table(results: Sequence[Result], figures: dict) -> None:
+  header = (f'{"pipeline":8s} {"stage":17s} {"cores":>5s} {"s/pass":>7s} {"img/s":>8s} '
+            f'{"img/s/core":>10s} {"img/CPU-s":>9s} {"vs timm/core":>12s}')
+  print(header)
+  print('-' * len(header))
+  timm = figures['timm_per_core']
+  for r in results:
+    ratio = f'{r.images_per_s_per_core / timm:.2f}x' if timm and r.stage == 'full' else '-'
+    print(f'{r.pipeline:8s} {r.stage:17s} {r.cores:5d} {r.median_s:7.3f} {r.images_per_s:8.1f} '
+          f'{r.images_per_s_per_core:10.1f} {r.images_per_cpu_s:9.1f} {ratio:>12s}')
+  goal = GOAL_IMAGES_PER_S_PER_CORE
+  print(f'goal >= {goal:.0f} img/s per core: '
+        f'{"met" if figures["goal_per_core_met"] else "NOT met"} '
+        f'({figures["ours_per_core"]:.1f})')
+  if timm:
+    print(f'goal faster than timm per core: '
+          f'{"met" if figures["goal_faster_than_timm_met"] else "NOT met"} '
+          f'(ours/timm {figures["ratio_per_core"]:.2f}x wall clock, '
+          f'{figures["ratio_per_cpu_s"]:.2f}x per CPU-second)')
+  print('timm steps emulated (torchvision is absent), the rest is timm\'s own code:')
+  for step in EMULATED:
+    print(f'  {step}')
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument('--num-images', type=int, default=256)
+  p.add_argument('--repeats', type=int, default=5, help='timed passes (median reported)')
+  p.add_argument('--image-size', type=int, default=224)
+  p.add_argument('--threads', type=int, default=os.cpu_count(),
+                 help='cores of the all-cores run of ours')
+  p.add_argument('--data-dir', help='existing JPEGs to read instead of generated ones')
+  p.add_argument('--skip-timm', action='store_true', help="do not time timm's pipeline")
+  p.add_argument('--json', metavar='PATH', help='also write the JSON line to PATH')
+  return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+  args = _parser().parse_args(argv)
+  if args.num_images < 1 or args.repeats < 1:
+    raise SystemExit('--num-images and --repeats must be at least 1')
+  load = os.getloadavg()
+  with tempfile.TemporaryDirectory() as tmp:
+    if args.data_dir:
+      paths = find_jpegs(args.data_dir, args.num_images)
+    else:
+      paths = generate_jpegs(tmp, args.num_images)
+    mean_kib = statistics.mean(p.stat().st_size for p in paths) / 1024
+    print(f'# {len(paths)} JPEGs, mean {mean_kib:.0f} KiB; {os.cpu_count()} CPUs; '
+          f'load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}', flush=True)
+    results = benchmark_ours(paths, args.image_size, args.repeats, args.threads)
+    if not args.skip_timm:
+      results.append(benchmark_timm(paths, args.image_size, args.repeats))
+  figures = summary(results)
+  _print_table(results, figures)
+  timm = import_timm()
+  record = {'platform': platform.platform(), 'cpu_count': os.cpu_count(),
+            'load_average_before': load, 'load_average_after': os.getloadavg(),
+            'tensorflow': tf.__version__, 'torch': torch.__version__,
+            'timm': timm.__version__, 'pillow': PIL.__version__,
+            'num_images': len(paths), 'mean_file_kib': mean_kib, 'repeats': args.repeats,
+            'image_size': args.image_size, 'goal_images_per_s_per_core': GOAL_IMAGES_PER_S_PER_CORE,
+            **figures, 'emulated': EMULATED,
+            'results': [dataclasses.asdict(r) for r in results]}
+  line = json.dumps(record)
+  print(line)
+  if args.json:
+    Path(args.json).write_text(line + '\n')
+  return record
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,1 @@
+"""Training: config adapters, train state and sharding, the step, optimiser, checkpoints, the loop."""

@@ -1,0 +1,1 @@
+"""Programs and test harnesses that are not library code: the kill soak, the torchvision stand-in."""
