@@ -88,6 +88,7 @@ class _TokenMixer(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def rnn(self, input_size: int, name: str) -> BidirectionalRNN:
+    """A bidirectional (or forward-only) RNN with these settings, as submodule `name`."""
     return BidirectionalRNN(input_size, self.hidden_size, self.cell, self.bidirectional,
                             self.rnn_unroll, self.dtype, self.param_dtype, name=name)
 

@@ -207,7 +207,7 @@ def test_wrong_model_name_and_existing_destination(tmp_path, state_dict, capsys)
 
 @pytest.mark.slow
 def test_a_damaged_model_directory_is_named(tmp_path, state_dict):
-  src = _torch_save(state_dict, tmp_path / 'timm.pth')
+  src = _torch_save(_as_torch(state_dict), tmp_path / 'timm.pth')
   assert _run(src, tmp_path / 'ours') == 0
   chunk = max((p for p in (tmp_path / 'ours' / 'params').rglob('*') if p.is_file()),
               key=lambda p: p.stat().st_size)  # The tensor data.
