@@ -83,8 +83,9 @@ def prepare_demo_data(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 def _show_progress_notes() -> None:
   """Our INFO lines and clu's progress notes (steps/s, ETA) on the console; absl's other INFO
-  lines (orbax's and clu's per-save chatter) stay hidden."""
+  lines (orbax's and clu's per-save chatter) and JAX's backend probing stay hidden."""
   logging.getLogger('sequencer_jax').setLevel(logging.INFO)
+  logging.getLogger('jax').setLevel(logging.WARNING)
   progress_notes = os.path.join('clu', 'platform', '')
   absl_logger = logging.getLogger('absl')
   absl_logger.setLevel(logging.INFO)
