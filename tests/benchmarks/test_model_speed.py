@@ -44,6 +44,7 @@ def test_time_steps_excludes_warmup_and_takes_the_median():
   assert len(calls) == 5 and median == 2.0
 
 
+@pytest.mark.slow
 def test_benchmark_runs_end_to_end_beside_timm(capsys):
   results = benchmark.main(['--model', 'sequencer2d_s', '--image-size', '28', '--batch-size', '2',
                             '--impl', 'fused_vjp', '--mode', 'infer', '--compare-torch',

@@ -17,11 +17,14 @@ from sequencer_jax.models.registry import name_for_arch
 from sequencer_jax.weights import torch_keys as convert
 from torch_reference import OriginalSequencer, randomize_, state_dict_numpy
 
+# The quick tier takes one of each code path; the slow tier adds the wider and deeper ones.
+_WIDER = pytest.mark.slow
 VARIANTS = [
-    'sequencer2d_s_unidirectional', 'sequencer2d_s_add', 'sequencer2d_s_h2x',
+    'sequencer2d_s_unidirectional', 'sequencer2d_s_add', pytest.param('sequencer2d_s_h2x',
+                                                                      marks=_WIDER),
     'sequencer2d_s_without_fc', 'sequencer2d_vertical', 'sequencer2d_s_horizontal',
     'gru_sequencer2d_s', 'rnn_sequencer2d_s',
-    pytest.param('sequencer2d_l_d4_3x', marks=pytest.mark.slow), 'v_sequencer_s',
+    pytest.param('sequencer2d_l_d4_3x', marks=_WIDER), pytest.param('v_sequencer_s', marks=_WIDER),
     'v_sequencer_s_h', 'v_sequencer_s_pe',
 ]
 
