@@ -37,11 +37,11 @@ demo: $(VENV)/.installed-train ## Train the offline demo on the CPU (WORKDIR=DIR
 	$(BIN)/python main.py --config=configs/demo.py --workdir=$(WORKDIR)
 
 test: $(VENV)/.installed-test ## The whole suite: the quick tier, then the slow tier.
-	$(PYTEST) -n auto --dist load -m 'not slow' tests
+	$(PYTEST) -n auto --dist worksteal -m 'not slow' tests
 	$(PYTEST) -m slow tests
 
 test-quick: $(VENV)/.installed-test ## The quick tier: unit and parity tests, no subprocesses.
-	$(PYTEST) -n auto --dist load -m 'not slow' tests
+	$(PYTEST) -n auto --dist worksteal -m 'not slow' tests
 
 test-slow: $(VENV)/.installed-test ## The slow tier: processes, kills, end-to-end training.
 	$(PYTEST) -m slow tests
