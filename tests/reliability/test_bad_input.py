@@ -23,7 +23,7 @@ from sequencer_jax.commands import train as train_command
 from sequencer_jax.data import synthetic
 from sequencer_jax.data.folder import DatasetError
 from sequencer_jax.train import loop
-from sequencer_jax.train import overrides as config_fields
+from sequencer_jax.train import overrides
 from sequencer_jax.train.checkpoints import CheckpointError, TrainCheckpoints, checksums
 from sequencer_jax.train.config import ConfigError, run_record
 
@@ -37,13 +37,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 ])
 def test_unknown_config_fields_are_named_with_the_valid_ones(override, message):
   config = demo.get_config()
-  with pytest.raises(config_fields.ConfigFieldError, match=message):
-    config_fields.check_overrides(config, ['main.py', '--config=configs/demo.py',
+  with pytest.raises(overrides.ConfigFieldError, match=message):
+    overrides.check_overrides(config, ['main.py', '--config=configs/demo.py',
                                            f'--config.{override}=1'])
-  config_fields.check_overrides(config, ['--config.optim.lr=1', '--config.model.arch.layers=1'])
-  with pytest.raises(config_fields.ConfigFieldError, match="config.optim has no field 'lrr'"):
-    config_fields.apply_overrides(config, {'optim.lrr': 1.0})
-  config_fields.apply_overrides(config, {'optim.lr': 1.0, 'model.arch.layers': (1, 1)})
+  overrides.check_overrides(config, ['--config.optim.lr=1', '--config.model.arch.layers=1'])
+  with pytest.raises(overrides.ConfigFieldError, match="config.optim has no field 'lrr'"):
+    overrides.apply_overrides(config, {'optim.lrr': 1.0})
+  overrides.apply_overrides(config, {'optim.lr': 1.0, 'model.arch.layers': (1, 1)})
   assert config.optim.lr == 1.0 and config.model.arch.layers == (1, 1)
 
 
