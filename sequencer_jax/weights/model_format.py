@@ -54,8 +54,12 @@ def read_model_record(path: str) -> dict[str, Any]:
     raise ModelFormatError(f'{path} is not a sequencer_jax model checkpoint (it needs `model` '
                            f'and `params` entries); convert PyTorch weights with '
                            f'convert_torch_weights.py first')
-  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-    record = ckptr.restore(path, args=ocp.args.Composite(model=ocp.args.JsonRestore()))['model']
+  try:
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+      record = ckptr.restore(path, args=ocp.args.Composite(model=ocp.args.JsonRestore()))['model']
+  except Exception as e:  # noqa: BLE001 - orbax and TensorStore raise several types.
+    raise ModelFormatError(f'{path}: its model record cannot be read, the directory is damaged: '
+                           f'{short_reason(e)}') from None
   if record.get('format_version') != FORMAT_VERSION:
     raise ModelFormatError(f'{path} is a model directory of format version '
                            f'{record.get("format_version")}; this code reads version '
