@@ -4,8 +4,10 @@
   python convert_torch_weights.py --to-torch SRC DST.safetensors [--layout timm|original]
 
 SRC is the original repository's release `.pth` or timm's `.bin`/`.safetensors`, in either key
-layout; DST is a new directory that `sequencer_jax.load_pretrained` and training's `init_from`
-read. Nothing is written unless the conversion succeeded; an existing DST is never overwritten.
+layout; DST is a new model directory that `sequencer_jax.load_pretrained` and training's
+`init_from` read. With --to-torch, SRC is any model source (a model directory, e.g. an export,
+a training workdir, ...), written in timm's layout for timm's models, else the original's.
+Nothing is written unless the conversion succeeded; an existing DST is never overwritten.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import os
 import sys
 import time
 
+from sequencer_jax import pretrained
 from sequencer_jax.models import list_models
-from sequencer_jax.weights import ModelFormatError, save_model, timm_check, torch_files, torch_keys
+from sequencer_jax.weights import ModelRecord, save_model, timm_check, torch_files, torch_keys
 
 
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument('src', help='PyTorch checkpoint (or, with --to-torch, our checkpoint directory)')
+  p.add_argument('src', help='PyTorch checkpoint (or, with --to-torch, any model source)')
   p.add_argument('dst', help='new output directory (or, with --to-torch, a .safetensors file)')
   p.add_argument('--model', choices=list_models(), metavar='NAME',
                  help='registered model name (default: detected from the keys)')
@@ -30,9 +33,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--check', action='store_true',
                  help='compare with timm on a random batch and print the largest difference')
   p.add_argument('--to-torch', action='store_true',
-                 help='export our checkpoint SRC as a PyTorch state_dict DST.safetensors')
+                 help='export the model SRC as a PyTorch state_dict DST.safetensors')
   p.add_argument('--layout', choices=('timm', 'original'),
-                 help='key layout of the export (default: timm where timm has the model)')
+                 help='key layout of the export (default: timm for timm\'s models)')
   return p
 
 
@@ -46,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
   start = time.perf_counter()
   try:
     if args.to_torch:
-      layout = torch_files.export_file(args.src, args.dst, args.layout)
+      if os.path.exists(args.dst):
+        raise FileExistsError(f'{args.dst} already exists; refusing to overwrite it')
+      record, params = pretrained.resolve(args.src)
+      layout = torch_files.export_file(record, params, args.dst, args.layout)
       print(f'wrote {args.dst} ({layout} layout) in {time.perf_counter() - start:.1f}s')
       return 0
     if args.num_classes is not None and args.num_classes < 0:
@@ -57,13 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     name, classes, params = torch_keys.convert_state_dict(state_dict, args.model, args.num_classes)
     if args.check:
       timm_check.check_timm_available(name)  # Before anything is written.
-    save_model(args.dst, name, classes, params)  # Written only after everything above succeeded.
+    record = ModelRecord.registered(name, classes, converted_from=os.path.abspath(args.src))
+    save_model(args.dst, record, params)  # Written only after everything above succeeded.
     print(f'converted {args.src} -> {args.dst}: {name}, {classes} classes, '
           f'{time.perf_counter() - start:.1f}s')
     if args.check:
       diff = timm_check.timm_logit_difference(state_dict, name, classes, params)
       print(f'check against timm: max |difference| = {diff:.3e}')
-  except (torch_keys.ConversionError, ModelFormatError, FileExistsError, ValueError) as e:
+  except (torch_keys.ConversionError, pretrained.SourceError, FileExistsError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   return 0

@@ -16,12 +16,11 @@ import sys
 
 import jax
 import ml_collections
-import tensorflow as tf
 from absl import app, flags
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from sequencer_jax.data import synthetic
+from sequencer_jax.data import cpu_only, synthetic
 from sequencer_jax.train import distributed, loop, overrides
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file in configs/.',
@@ -96,9 +95,7 @@ def _show_progress_notes() -> None:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  # TensorFlow only reads and augments images; keep it off the accelerators.
-  tf.config.set_visible_devices([], 'GPU')
-  tf.config.set_visible_devices([], 'TPU')
+  cpu_only.keep_tensorflow_on_the_cpu()
   if _MULTIHOST.value or several_processes():
     distributed.initialize(timeout_s=_INIT_TIMEOUT.value)
   _show_progress_notes()

@@ -27,6 +27,7 @@ import tensorflow as tf
 from sequencer_jax.data import color_jitter, randaugment, transforms
 from sequencer_jax.data.folder import DatasetError
 from sequencer_jax.data.sources import Source
+from sequencer_jax.models.data_config import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -201,10 +202,10 @@ def eval_batches(source: Source, *, batch_size: int, image_size: int, crop_pct: 
   local = batch_size // process_count
   num_batches = math.ceil(max(source.shard_size(i, process_count)
                               for i in range(process_count)) / local)
+  data_config = DataConfig(image_size, crop_pct)
 
   def example(position, record):
-    image = transforms.eval_transform(transforms.decode_rgb(record['image']), image_size,
-                                      crop_pct)
+    image = transforms.eval_transform(transforms.decode_rgb(record['image']), data_config)
     return {'image': image, 'label': record['label'], 'mask': True, 'position': position}
 
   padding = tf.data.Dataset.from_tensors({

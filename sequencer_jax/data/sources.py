@@ -55,6 +55,7 @@ class Source(abc.ABC):
 
   num_examples: int
   num_classes: int
+  class_names: tuple[str, ...]  # Index = label; ImageNet's as WordNet ids.
 
   def shard_size(self, index: int, count: int) -> int:
     start, end = shard_bounds(self.num_examples, index, count)
@@ -82,6 +83,7 @@ class FolderSource(Source):
   def __post_init__(self):
     self.num_examples = len(self.split.paths)
     self.num_classes = len(self.split.classes)
+    self.class_names = self.split.classes
 
   def _order(self, index: int, count: int, shuffle_seed: int | None) -> np.ndarray:
     start, end = shard_bounds(self.num_examples, index, count)
@@ -122,6 +124,7 @@ class TfdsSource(Source):
     self.name, self.split = name, split
     self.label_key = TFDS_LABEL_KEYS[base]
     self.num_classes = self.builder.info.features[self.label_key].num_classes
+    self.class_names = tuple(self.builder.info.features[self.label_key].names)
 
   def _share(self, index: int, count: int) -> str:
     shard_bounds(self.num_examples, index, count)  # Validates the index.

@@ -8,8 +8,7 @@ from typing import Literal
 
 import tensorflow as tf
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from sequencer_jax.models.data_config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
 
 
 def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
@@ -24,17 +23,18 @@ def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
                               [None, None, 3]))
 
 
-def normalize(image: tf.Tensor) -> tf.Tensor:
-  """uint8 (or 0..255 float) RGB -> float32 normalised with the ImageNet mean and std."""
+def normalize(image: tf.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN,
+              std: tuple[float, ...] = IMAGENET_STD) -> tf.Tensor:
+  """uint8 (or 0..255 float) RGB -> float32 normalised with `mean` and `std` (0..1 scale)."""
   image = tf.cast(image, tf.float32) / 255.0
-  return (image - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
+  return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 
 
-def resize_shorter_side(image: tf.Tensor, size: int) -> tf.Tensor:
-  """torchvision `Resize(size)` with PIL bicubic: shorter side -> size, longer side truncated.
+def resize_shorter_side(image: tf.Tensor, size: int, method: str = 'bicubic') -> tf.Tensor:
+  """torchvision `Resize(size)` with PIL's filter: shorter side -> size, longer side truncated.
 
-  TF's antialiased bicubic (Keys, a = -0.5) is PIL's filter; the result is rounded and clipped
-  to uint8 as PIL's is.
+  TF's antialiased bicubic (Keys, a = -0.5) and bilinear are PIL's filters; the result is
+  rounded and clipped to uint8 as PIL's is.
   """
   shape = tf.shape(image)
   h, w = shape[0], shape[1]
@@ -42,7 +42,7 @@ def resize_shorter_side(image: tf.Tensor, size: int) -> tf.Tensor:
   new_long = tf.cast(tf.cast(size, tf.float64) * tf.cast(long, tf.float64) /
                      tf.cast(short, tf.float64), tf.int32)
   new_h, new_w = tf.cond(w <= h, lambda: (new_long, size), lambda: (size, new_long))
-  resized = tf.image.resize(image, tf.stack([new_h, new_w]), method='bicubic', antialias=True)
+  resized = tf.image.resize(image, tf.stack([new_h, new_w]), method=method, antialias=True)
   return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 
 
@@ -54,11 +54,13 @@ def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
   return image[top:top + size, left:left + size]
 
 
-def eval_transform(image: tf.Tensor, size: int, crop_pct: float = 0.875) -> tf.Tensor:
-  """timm's validation transform: resize the shorter side to floor(size / crop_pct) with
-  bicubic, centre-crop `size`, normalise. uint8 RGB in, float32 (size, size, 3) out."""
-  image = resize_shorter_side(image, int(math.floor(size / crop_pct)))
-  return normalize(center_crop(image, size))
+def eval_transform(image: tf.Tensor, config: DataConfig) -> tf.Tensor:
+  """timm's validation transform with a model's data config: resize the shorter side to
+  floor(input_size / crop_pct), centre-crop input_size, normalise. uint8 RGB in, float32
+  (input_size, input_size, 3) out."""
+  image = resize_shorter_side(image, int(math.floor(config.input_size / config.crop_pct)),
+                              config.interpolation)
+  return normalize(center_crop(image, config.input_size), config.mean, config.std)
 
 
 def _uniform(seed: tf.Tensor, low: float | tf.Tensor = 0.0, high: float | tf.Tensor = 1.0,

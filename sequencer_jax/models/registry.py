@@ -7,6 +7,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from sequencer_jax.models.data_config import DataConfig
 from sequencer_jax.models.sequencer import Sequencer, SequencerArch
 
 
@@ -17,6 +18,11 @@ class ModelInfo:
   arch: SequencerArch
   input_size: int = 224
   crop_pct: float = 0.875
+
+  @property
+  def data_config(self) -> DataConfig:
+    """The evaluation transform settings (timm's pretrained_cfg for this model)."""
+    return DataConfig(input_size=self.input_size, crop_pct=self.crop_pct)
 
 
 _S, _M, _L = (4, 3, 8, 3), (4, 3, 14, 3), (8, 8, 16, 4)

@@ -12,11 +12,13 @@ The data position needs no saving: the input pipeline is a pure function of the 
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from sequencer_jax.weights.model_format import short_reason
@@ -135,3 +137,61 @@ class TrainCheckpoints:
     self.wait()
     self.latest.close()
     self.best.close()
+
+
+def _read_only_manager(directory: str) -> ocp.CheckpointManager:
+  """A manager that only reads (orbax's notes about what read-only mode turns off are muted)."""
+  absl_logger = logging.getLogger('absl')
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)
+  try:
+    return _manager_for_reading(directory)
+  finally:
+    absl_logger.setLevel(level)
+
+
+def _manager_for_reading(directory: str) -> ocp.CheckpointManager:
+  handlers = {'state': ocp.PyTreeCheckpointHandler(), 'run': ocp.JsonCheckpointHandler(),
+              'checksums': ocp.JsonCheckpointHandler()}
+  return ocp.CheckpointManager(directory, item_handlers=handlers,
+                               options=ocp.CheckpointManagerOptions(read_only=True))
+
+
+def read_trained_params(workdir: str, *, step: int | None = None, best: bool = False,
+                        ema: bool = False) -> tuple[int, Any]:
+  """`(step, parameters)` of one training checkpoint of `workdir`, on the host.
+
+  The newest checkpoint by default, `step` from checkpoints/, or (`best`) the one in best/;
+  `ema` takes the EMA parameters instead. Only the parameters are read.
+  """
+  root = os.path.abspath(workdir)
+  directory = os.path.join(root, 'best' if best else 'checkpoints')
+  if not os.path.isdir(directory):
+    raise CheckpointError(f'{root} has no {os.path.basename(directory)}/ directory: it is not '
+                          f'a training workdir, or the run saved no checkpoint yet')
+  manager = _read_only_manager(directory)
+  try:
+    steps = sorted(manager.all_steps())
+    if not steps:
+      raise CheckpointError(f'{directory} holds no checkpoint')
+    if step is None:
+      step = steps[-1]
+    elif step not in steps:
+      raise CheckpointError(f'{directory} has no checkpoint {step}; it has '
+                            f'{", ".join(map(str, steps))}')
+    tree = manager.item_metadata(step)['state']
+    key = 'ema_params' if ema else 'params'
+    if not tree.get(key):
+      raise CheckpointError(f'checkpoint {step} in {directory} holds no EMA weights (the run '
+                            f'had no ema_decay); export its raw weights without --ema')
+    target = {key: jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree[key])}
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.PyTreeRestore(item=target, restore_args=as_numpy,
+                                       partial_restore=True)))
+    except Exception as e:  # noqa: BLE001 - tensorstore raises bare Exceptions for bad bytes.
+      raise _damaged(directory, step, f'its arrays cannot be read: {short_reason(e)}') from None
+    return step, jax.device_get(restored['state'][key])
+  finally:
+    manager.close()

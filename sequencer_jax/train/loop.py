@@ -9,6 +9,7 @@ else `config.init_from`, else a fresh initialisation. See configs/default.py for
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import signal
@@ -22,15 +23,17 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from sequencer_jax.data import pipeline, sources
+from sequencer_jax import pretrained
 from sequencer_jax.data.folder import DatasetError
-from sequencer_jax.models import Sequencer, abstract_params, replace_head
+from sequencer_jax.labels import readable_names
+from sequencer_jax.models import DataConfig, Sequencer, abstract_params, replace_head
 from sequencer_jax.train import optim, sharding, step as train_step
 from sequencer_jax.train.checkpoints import CheckpointError, TrainCheckpoints
 from sequencer_jax.train.config import (ConfigError, build_model, build_optimizer, mixup_config,
                                         run_record, schedule_config, train_augment)
 from sequencer_jax.train.run_log import RunLog, log
 from sequencer_jax.train.state import create_train_state
-from sequencer_jax.weights import ModelFormatError, load_pretrained
+from sequencer_jax.weights import ModelRecord
 
 
 class TrainingError(RuntimeError):
@@ -50,29 +53,48 @@ def check_workdir(workdir: str) -> None:
 
 def init_params(config: ml_collections.ConfigDict, model: Sequencer, *,
                 replace_head_ok: bool = True) -> Any | None:
-  """Parameters from `config.init_from`, with the head replaced when num_classes differs (the
-  new head is zero, as timm leaves it; refused with `replace_head_ok=False`, for evaluation);
-  None when there is nothing to load."""
+  """Parameters from `config.init_from` (any model source: a model directory, a training workdir,
+  a PyTorch file, a hub id), with the head replaced when num_classes differs (the new head is
+  zero, as timm leaves it; refused with `replace_head_ok=False`, for evaluation); None when
+  there is nothing to load."""
   if not config.init_from:
     return None
   path = config.init_from
   try:
-    source_model, variables = load_pretrained(path)
-  except ModelFormatError as e:
+    record, params = pretrained.resolve(path)
+  except pretrained.SourceError as e:
     raise TrainingError(f'init_from: {e}') from None
-  if source_model.arch != model.arch:
+  if record.arch != model.arch:
     raise TrainingError(f'init_from {path} holds another architecture than this config\'s model '
                         f'({config.model.name} with overrides {config.model.arch.to_dict()})')
-  params = variables['params']
-  if source_model.num_classes != model.num_classes:
+  if record.num_classes != model.num_classes:
     if not replace_head_ok:
-      raise TrainingError(f'init_from {path} has {source_model.num_classes} classes but '
+      raise TrainingError(f'init_from {path} has {record.num_classes} classes but '
                           f'model.num_classes is {model.num_classes}; set model.num_classes to '
-                          f'{source_model.num_classes} to evaluate it')
+                          f'{record.num_classes} to evaluate it')
     log.info('init_from %s: %d classes -> %d, the head starts at zero', path,
-             source_model.num_classes, model.num_classes)
+             record.num_classes, model.num_classes)
     params = replace_head(params, model.num_classes)
   return params
+
+
+def model_record(config: ml_collections.ConfigDict, model: Sequencer,
+                 source: sources.Source) -> ModelRecord:
+  """What the run's weights are: the architecture, the training split's class names and the
+  evaluation transform of `config.data`."""
+  return ModelRecord(model.arch, model.num_classes, readable_names(source.class_names),
+                     DataConfig(config.data.image_size, config.data.crop_pct))
+
+
+def _write_model_record(record: ModelRecord, workdir: str) -> None:
+  """`<workdir>/model.json`, which export and `load_pretrained(workdir)` read."""
+  if jax.process_index() == 0:
+    text = json.dumps(record.to_json(), indent=2)
+    path = os.path.join(workdir, pretrained.MODEL_JSON)
+    tmp = f'{path}.tmp'
+    with open(tmp, 'w') as f:
+      f.write(text)
+    os.replace(tmp, path)
 
 
 class _Preemption:
@@ -134,6 +156,25 @@ def evaluate(eval_step, params: Any, source: sources.Source, config: ml_collecti
   return {'top1': float(totals['top1']) / count, 'top5': float(totals['top5']) / count,
           'loss': float(totals['loss']) / count, 'examples': count,
           'skipped': float(len(batches.skipped))}
+
+
+def _evaluate_state(eval_step, state: Any, source: sources.Source,
+                    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, logger: RunLog,
+                    when: str, write: bool = True) -> dict[str, float]:
+  """Evaluates the raw parameters and, when the run keeps them, the EMA parameters (logged as
+  `eval_ema`, returned as `ema_top1`, ...)."""
+  metrics = evaluate(eval_step, state.params, source, config, mesh)
+  runs = [('eval', '', metrics)]
+  if state.ema_params is not None:
+    ema = evaluate(eval_step, state.ema_params, source, config, mesh)
+    runs.append(('eval_ema', 'EMA ', ema))
+    metrics = {**metrics, **{f'ema_{k}': ema[k] for k in ('top1', 'top5', 'loss')}}
+  for kind, label, values in runs:
+    if write:
+      logger.write(int(state.step), kind, values)
+    logger.info('%seval at %s: top-1 %.4f, top-5 %.4f, loss %.4f', label, when, values['top1'],
+                values['top5'], values['loss'])
+  return metrics
 
 
 def _check_finite(pending: list[dict[str, jax.Array]], step: int,
@@ -201,7 +242,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   index, count = jax.process_index(), jax.process_count()
   _check_batch_sizes(config, mesh)
   if config.eval_only and not config.init_from:
-    raise ConfigError('eval_only needs init_from: a converted or exported checkpoint')
+    raise ConfigError(f'eval_only needs init_from: {pretrained.SOURCES}')
   eval_source = sources.open_source(config.data.dataset, config.data.eval_split,
                                     config.data.data_dir, config.data.train_split)
   if config.eval_only:
@@ -232,6 +273,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       logger.info('resumed from %s at step %d', checkpoints.latest.directory, int(state.step))
     step = int(state.step)
     _write_config(config, workdir, step)
+    _write_model_record(model_record(config, model, train_source), workdir)
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
     logger.info('%s: %s parameters; %d steps per epoch, %d epochs, %d steps; %d devices, '
                 '%d processes', config.model.name, f'{n_params:,}', steps_per_epoch,
@@ -285,18 +327,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             checkpoints.save(step, state)
           if end_of_epoch and ((step // steps_per_epoch) % config.eval_every_epochs == 0
                                or step == total_steps):
-            metrics = evaluate(eval_step, state.params, eval_source, config, mesh)
-            logger.write(step, 'eval', metrics)
-            logger.info('eval at epoch %d: top-1 %.4f, top-5 %.4f, loss %.4f', step //
-                        steps_per_epoch, metrics['top1'], metrics['top5'], metrics['loss'])
-            checkpoints.save_best(step, state, metrics['top1'])
+            metrics = _evaluate_state(eval_step, state, eval_source, config, mesh, logger,
+                                      f'epoch {step // steps_per_epoch}')
+            # As timm: with EMA weights, their top-1 chooses the best checkpoint.
+            checkpoints.save_best(step, state, metrics.get('ema_top1', metrics['top1']))
           if stop:
             logger.info('preempted: saved step %d; the next start resumes from it', step)
             return metrics
       if not metrics:  # The run was already complete: report its final parameters.
-        metrics = evaluate(eval_step, state.params, eval_source, config, mesh)
-        logger.info('the run was already complete at step %d: top-1 %.4f, top-5 %.4f', step,
-                    metrics['top1'], metrics['top5'])
+        logger.info('the run was already complete at step %d', step)
+        metrics = _evaluate_state(eval_step, state, eval_source, config, mesh, logger,
+                                  f'step {step}', write=False)
     except jax.errors.JaxRuntimeError as e:  # Raised where a result is first awaited.
       if 'RESOURCE_EXHAUSTED' in str(e):
         raise TrainingError(_oom_message(e, config, mesh)) from None

@@ -1,5 +1,6 @@
-"""Weights: this project's model format, and PyTorch checkpoints (key mapping, files, timm check)."""
+"""Weights: this project's model format, PyTorch checkpoints (key mapping, files, timm check), and
+the Hugging Face cache."""
 
-from sequencer_jax.weights.model_format import ModelFormatError, load_pretrained, save_model
+from sequencer_jax.weights.model_format import ModelFormatError, ModelRecord, save_model
 
-__all__ = ['ModelFormatError', 'load_pretrained', 'save_model']
+__all__ = ['ModelFormatError', 'ModelRecord', 'save_model']

@@ -11,8 +11,7 @@ import jax
 import numpy as np
 
 from sequencer_jax.models import SequencerArch, create_model, model_info
-from sequencer_jax.weights.torch_keys import (ConversionError, Params, infer_arch, to_timm_layout,
-                                              torch_layout_for)
+from sequencer_jax.weights.torch_keys import ConversionError, Params, infer_arch, to_timm_layout
 
 
 def timm_sequencer(arch: SequencerArch, num_classes: int = 1000, **kwargs: Any) -> Any:
@@ -30,7 +29,8 @@ def timm_sequencer(arch: SequencerArch, num_classes: int = 1000, **kwargs: Any) 
 
 def check_timm_available(name: str) -> None:
   """Raises unless timm can build `name` and torch and timm are importable."""
-  if torch_layout_for(name) != 'timm':
+  arch = model_info(name).arch
+  if arch.cell != 'lstm' or arch.vanilla:
     raise ConversionError(f'timm has no model like {name} (it has only the LSTM Sequencer2D), '
                           f'so it cannot be compared with timm')
   try:

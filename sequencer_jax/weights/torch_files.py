@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from sequencer_jax.weights.model_format import load_pretrained, read_model_record
+from sequencer_jax.weights.model_format import ModelRecord
 from sequencer_jax.weights.torch_keys import ConversionError, StateDict, flax_to_torch, torch_layout_for
 
 
@@ -83,25 +83,24 @@ def _unwrap(obj: Any, path: str) -> StateDict:
   return out
 
 
-def export_file(src: str, dst: str, layout: str | None = None) -> str:
-  """Writes our checkpoint `src` as a PyTorch state_dict in `dst` (.safetensors).
+def export_file(record: ModelRecord, params: Any, dst: str, layout: str | None = None) -> str:
+  """Writes `params` (described by `record`) as a PyTorch state_dict in `dst` (.safetensors).
 
-  The default layout is timm's where timm can build the model (load it with
-  `timm.create_model(name, num_classes=N).load_state_dict(..., strict=True)`), else the original
-  repository's. Returns the layout written.
+  The default layout is timm's for timm's own models (load it with `timm.create_model(name,
+  num_classes=N).load_state_dict(..., strict=True)`), else the original repository's. Returns
+  the layout written.
   """
   from safetensors.numpy import save_file
   if not dst.endswith('.safetensors'):
     raise ValueError(f'{dst}: the export is written as .safetensors; name the file *.safetensors')
   if os.path.exists(dst):
     raise FileExistsError(f'{dst} already exists; refusing to overwrite it')
-  name = read_model_record(src)['name']
-  layout = layout or torch_layout_for(name)
-  model, variables = load_pretrained(src)
-  sd = flax_to_torch(jax.device_get(variables['params']), layout, model.arch.layers)
+  layout = layout or torch_layout_for(record.arch)
+  sd = flax_to_torch(jax.device_get(params), layout, record.arch.layers)
   tmp = f'{dst}.tmp-{os.getpid()}'
   try:
-    save_file(sd, tmp, metadata={'format': 'pt', 'model': name, 'layout': layout})
+    save_file(sd, tmp, metadata={'format': 'pt', 'model': record.name or 'custom',
+                                 'layout': layout, 'num_classes': str(record.num_classes)})
     os.replace(tmp, dst)
   finally:
     if os.path.exists(tmp):

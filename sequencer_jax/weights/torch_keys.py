@@ -224,7 +224,9 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], model_name: str | N
   return name, num_classes, replace_head(params, num_classes)
 
 
-def torch_layout_for(name: str) -> str:
-  """'timm' where timm's Sequencer2d can hold the model (2D LSTM), else 'original'."""
-  arch = model_info(name).arch
-  return 'timm' if arch.cell == 'lstm' and not arch.vanilla else 'original'
+TIMM_MODELS = ('sequencer2d_s', 'sequencer2d_m', 'sequencer2d_l')  # timm.create_model names.
+
+
+def torch_layout_for(arch: SequencerArch) -> str:
+  """'timm' for timm's own models (Sequencer2D-S/M/L), else the original repository's layout."""
+  return 'timm' if name_for_arch(arch) in TIMM_MODELS else 'original'

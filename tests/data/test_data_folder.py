@@ -12,6 +12,7 @@ import tensorflow as tf
 from PIL import Image
 
 from sequencer_jax.data import folder, transforms
+from sequencer_jax.models import DataConfig
 
 
 def _image(h=40, w=50, seed=0):
@@ -94,7 +95,8 @@ def _pil_eval(image, size, crop_pct):
 def test_eval_transform_matches_pil(h, w, size, crop_pct):
   image = _image(h, w, seed=h + w)
   want = _pil_eval(image, size, crop_pct)
-  got = transforms.eval_transform(tf.constant(np.asarray(image)), size, crop_pct).numpy()
+  got = transforms.eval_transform(tf.constant(np.asarray(image)),
+                                  DataConfig(size, crop_pct)).numpy()
   assert got.shape == (size, size, 3) and got.dtype == np.float32
   pixels = (got * np.array(transforms.IMAGENET_STD) + np.array(transforms.IMAGENET_MEAN)) * 255
   diff = np.abs(pixels - want)

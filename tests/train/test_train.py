@@ -18,7 +18,7 @@ import pytest
 from snapshot import snapshot
 from tiny_run import restore_params, tiny_config, write_dataset
 
-from sequencer_jax import models, save_model
+from sequencer_jax import ModelRecord, models, save_model
 from sequencer_jax.models import abstract_params
 from sequencer_jax.train import config as train_config
 from sequencer_jax.train import loop
@@ -93,7 +93,7 @@ def test_init_from_a_checkpoint_with_another_head_keeps_the_rest(tmp_path):
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32),
                         abstract_params(source))
-  save_model(str(tmp_path / 'ckpt'), 'sequencer2d_s', 1000, params)
+  save_model(str(tmp_path / 'ckpt'), ModelRecord.registered('sequencer2d_s', 1000), params)
   config = tiny_config('unused', **{'model.name': 'sequencer2d_s', 'model.num_classes': 10,
                                 'init_from': str(tmp_path / 'ckpt')})
   config.model.arch = type(config.model.arch)()
@@ -121,7 +121,8 @@ def test_init_from_a_checkpoint_with_another_head_keeps_the_rest(tmp_path):
   before = snapshot(str(tmp_path / 'ckpt'))
   config.model.name = 'sequencer2d_s'
   with pytest.raises(loop.TrainingError, match='init_from: .*ckpt: the parameters do not match '
-                                                'sequencer2d_s with 1000 classes, or are damaged'):
+                                                'its architecture with 1000 classes, or are '
+                                                'damaged'):
     loop.init_params(config, train_config.build_model(config))
   assert snapshot(str(tmp_path / 'ckpt')) == before
 
@@ -176,7 +177,7 @@ def test_eval_only_reproduces_validate(dataset, tmp_path):
   rng = np.random.default_rng(1)
   params = jax.tree.map(lambda s: 0.05 * rng.standard_normal(s.shape).astype(np.float32),
                         abstract_params(source))
-  save_model(str(tmp_path / 'ckpt'), 'sequencer2d_s', 6, params)
+  save_model(str(tmp_path / 'ckpt'), ModelRecord.registered('sequencer2d_s', 6), params)
   config = tiny_config(dataset, **{'model.name': 'sequencer2d_s', 'eval_only': True,
                                'init_from': str(tmp_path / 'ckpt'), 'data.image_size': 28})
   config.model.arch = type(config.model.arch)()

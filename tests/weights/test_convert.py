@@ -20,7 +20,9 @@ import sequencer_jax
 from sequencer_jax.commands import convert as convert_command
 from sequencer_jax.weights import model_format
 from sequencer_jax.weights import torch_keys as convert
-from sequencer_jax.weights.model_format import ModelFormatError, read_model_record
+from sequencer_jax.labels import imagenet1k_names
+from sequencer_jax.pretrained import SourceError
+from sequencer_jax.weights.model_format import ModelRecord, read_model_record
 from torch_reference import randomize_, state_dict_numpy
 
 
@@ -67,9 +69,20 @@ def test_converts_every_checkpoint_form(tmp_path, state_dict, expected_params, f
     src = _torch_save({'model': _as_torch(original)}, tmp_path / 'sequencer2d_s.pth')
   dst = tmp_path / 'converted'
   assert _run(src, dst) == 0
-  model, variables = sequencer_jax.load_pretrained(str(dst))
-  assert model.num_classes == 1000 and read_model_record(str(dst))['name'] == 'sequencer2d_s'
+  model, variables, record = sequencer_jax.load_pretrained(str(dst))
+  assert model.num_classes == 1000 and read_model_record(str(dst)).name == 'sequencer2d_s'
+  assert record.class_names == imagenet1k_names() and record.class_names[0] == 'tench, Tinca tinca'
+  assert record.data_config.to_pretrained_cfg() == {
+      'input_size': [3, 224, 224], 'crop_pct': 0.875, 'interpolation': 'bicubic',
+      'mean': [0.485, 0.456, 0.406], 'std': [0.229, 0.224, 0.225]}
+  assert record.provenance == {'converted_from': os.path.abspath(src)}
   _tree_equal(variables['params'], expected_params)
+  # The file itself is a model source: converted in memory to the same parameters, nothing written.
+  listing = sorted(os.listdir(tmp_path))
+  _, direct, direct_record = sequencer_jax.load_pretrained(src)
+  _tree_equal(direct['params'], expected_params)
+  assert direct_record.arch == record.arch and direct_record.class_names == record.class_names
+  assert sorted(os.listdir(tmp_path)) == listing
 
 
 @pytest.mark.slow  # --check runs both models at 224: the parity itself is tests/models.
@@ -80,14 +93,14 @@ def test_num_classes_replaces_the_head_and_check_reports_the_difference(
   out = capsys.readouterr().out
   diff = float(out.split('max |difference| = ')[1].split()[0])
   assert diff <= 1e-4, out
-  model, variables = sequencer_jax.load_pretrained(str(tmp_path / 'ten'))
+  model, variables, _ = sequencer_jax.load_pretrained(str(tmp_path / 'ten'))
   params = variables['params']
   assert model.num_classes == 10 and params['head']['kernel'].shape == (384, 10)
   assert not np.any(params['head']['kernel']) and not np.any(params['head']['bias'])
   _tree_equal({k: v for k, v in params.items() if k != 'head'},
               {k: v for k, v in expected_params.items() if k != 'head'})
   assert _run(src, tmp_path / 'headless', '--num-classes', 0) == 0
-  model, variables = sequencer_jax.load_pretrained(str(tmp_path / 'headless'))
+  model, variables, _ = sequencer_jax.load_pretrained(str(tmp_path / 'headless'))
   assert model.num_classes == 0 and 'head' not in variables['params']
 
 
@@ -219,29 +232,66 @@ def test_a_damaged_model_directory_is_named(tmp_path, state_dict):
       cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
   assert load.returncode != 0
   # The parameters fail to read (orbax can also fail earlier, on the record): named either way.
-  assert f"ModelFormatError: {tmp_path / 'ours'}" in load.stderr, load.stderr[-2000:]
-  assert ('do not match sequencer2d_s with 1000 classes, or are damaged' in load.stderr
+  assert f"SourceError: {tmp_path / 'ours'}" in load.stderr, load.stderr[-2000:]
+  assert ('do not match its architecture with 1000 classes, or are damaged' in load.stderr
           or 'its model record cannot be read, the directory is damaged' in load.stderr)
 
 
-def test_load_pretrained_refuses_what_is_not_a_model_checkpoint(tmp_path):
-  with pytest.raises(ModelFormatError, match='is not a checkpoint directory'):
+def test_load_pretrained_refuses_what_is_not_a_model_source(tmp_path):
+  with pytest.raises(SourceError, match='nothing does not exist; a model source is a model dir'):
     sequencer_jax.load_pretrained(str(tmp_path / 'nothing'))
   (tmp_path / 'plain').mkdir()
-  with pytest.raises(ModelFormatError, match='is not a sequencer_jax model checkpoint'):
+  with pytest.raises(SourceError, match='is a directory that is neither a model directory'):
     sequencer_jax.load_pretrained(str(tmp_path / 'plain'))
+  (tmp_path / 'notes.txt').write_text('not weights')
+  with pytest.raises(SourceError, match='notes.txt is not a model file'):
+    sequencer_jax.load_pretrained(str(tmp_path / 'notes.txt'))
+  with pytest.raises(SourceError, match='only a training workdir holds EMA weights'):
+    sequencer_jax.load_pretrained(str(tmp_path / 'plain'), ema=True)
+
+
+def _small_params():
+  model = sequencer_jax.create_model('sequencer2d_s', num_classes=0, layers=(1, 1, 1, 1))
+  return model, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                             model_format.abstract_params(model))
 
 
 def test_a_model_directory_of_another_format_version_is_refused(tmp_path, monkeypatch):
-  model = sequencer_jax.create_model('sequencer2d_s', num_classes=0, layers=(1, 1, 1, 1))
-  params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), model_format.abstract_params(model))
-  monkeypatch.setattr(model_format, 'FORMAT_VERSION', 2)
-  with pytest.raises(ModelFormatError, match='unknown model'):
-    sequencer_jax.save_model(str(tmp_path / 'custom'), 'sequencer2d_x', 0, params)
-  sequencer_jax.save_model(str(tmp_path / 'v2'), 'sequencer2d_s', 0, params)
-  monkeypatch.setattr(model_format, 'FORMAT_VERSION', 1)
-  with pytest.raises(ModelFormatError, match='format version 2; this code reads version 1'):
-    sequencer_jax.load_pretrained(str(tmp_path / 'v2'))
+  model, params = _small_params()
+  record = ModelRecord(model.arch, 0)
+  monkeypatch.setattr(model_format, 'FORMAT_VERSION', 99)
+  sequencer_jax.save_model(str(tmp_path / 'v99'), record, params)
+  monkeypatch.undo()
+  with pytest.raises(SourceError, match='format version 99; this code reads versions 1, 2'):
+    sequencer_jax.load_pretrained(str(tmp_path / 'v99'))
+
+
+def test_a_format_version_1_directory_still_loads(tmp_path):
+  """Version 1 (earlier releases of the converter) recorded a registered name and a class count."""
+  import orbax.checkpoint as ocp
+  full = sequencer_jax.create_model('sequencer2d_s', num_classes=0)
+  params = jax.tree.map(lambda s: np.full(s.shape, 0.5, s.dtype),
+                        model_format.abstract_params(full))
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+    ckptr.save(str(tmp_path / 'v1'), args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params), model=ocp.args.JsonSave(
+            {'name': 'sequencer2d_s', 'num_classes': 0, 'format_version': 1})))
+  model, variables, record = sequencer_jax.load_pretrained(str(tmp_path / 'v1'))
+  assert model.arch == sequencer_jax.model_info('sequencer2d_s').arch and record.name == 'sequencer2d_s'
+  assert record.class_names is None and record.data_config.input_size == 224
+  _tree_equal(variables['params'], params)
+
+
+def test_the_record_round_trips_a_custom_architecture(tmp_path):
+  model, params = _small_params()
+  record = ModelRecord(model.arch, 0, None, sequencer_jax.models.DataConfig(160, 0.95, 'bilinear'),
+                       {'exported_from': '/runs/a', 'step': 7, 'weights': 'ema'})
+  sequencer_jax.save_model(str(tmp_path / 'custom'), record, params)
+  assert read_model_record(str(tmp_path / 'custom')) == record and record.name is None
+  with pytest.raises(FileExistsError, match='refusing to overwrite'):
+    sequencer_jax.save_model(str(tmp_path / 'custom'), record, params)
+  with pytest.raises(ValueError, match='2 class names for 3 classes'):
+    ModelRecord(model.arch, 3, ('a', 'b'))
 
 
 def test_state_dict_that_is_not_a_sequencer(tmp_path):

@@ -1,0 +1,6 @@
+"""`python -m sequencer_jax.export WORKDIR DST`: the export command (sequencer_jax/commands/export.py)."""
+
+from sequencer_jax.commands.export import run
+
+if __name__ == '__main__':
+  run()

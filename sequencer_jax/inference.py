@@ -1,0 +1,148 @@
+"""Predicting with any model: its own eval transform, batches, top-k with class names.
+
+  classifier = Classifier.from_source('hf-hub:timm/sequencer2d_s.in1k')
+  classifier.predict([pil_image, uint8_array])          # notebooks
+  classifier.predict_files(['photo.jpg', 'scan.png'])  # files: unreadable ones are reported
+
+Each image goes through timm's evaluation transform with the model record's data config
+(input size, crop_pct, interpolation, mean, std). Files are refused by name, never decoded,
+when their header claims more than `max_pixels` pixels.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorflow as tf
+
+from sequencer_jax import pretrained
+from sequencer_jax.data import folder, image_header, transforms
+
+IMAGE_SUFFIXES = folder.DECODABLE_EXTENSIONS + ('.gif',)
+
+
+class ImageError(ValueError):
+  """An image (or a folder of them) that cannot be used; the message names it."""
+
+
+def find_images(paths: Iterable[str]) -> list[str]:
+  """Files given, plus the images (by suffix) found by a sorted recursive walk of folders given."""
+  found: list[str] = []
+  for path in paths:
+    if os.path.isfile(path):
+      found.append(path)
+    elif os.path.isdir(path):
+      inside = [os.path.join(root, name) for root, _, names in sorted(os.walk(path))
+                for name in sorted(names) if name.lower().endswith(IMAGE_SUFFIXES)]
+      if not inside:
+        raise ImageError(f'{path} holds no images ({", ".join(IMAGE_SUFFIXES)})')
+      found += inside
+    else:
+      raise ImageError(f'{path} does not exist')
+  return found
+
+
+def rgb_array(image: Any) -> np.ndarray:
+  """A PIL image, or an (H, W) / (H, W, 1|3|4) uint8 array, as (H, W, 3) uint8 RGB."""
+  if hasattr(image, 'convert') and hasattr(image, 'size'):  # A PIL image.
+    image = image.convert('RGB')
+  array = np.asarray(image)
+  if array.dtype != np.uint8:
+    raise ImageError(f'expected uint8 pixels (0..255), got {array.dtype}')
+  if array.ndim == 2:
+    array = array[..., None]
+  if array.ndim != 3 or array.shape[-1] not in (1, 3, 4) or 0 in array.shape:
+    raise ImageError(f'expected an (H, W) or (H, W, 1|3|4) image, got shape {array.shape}')
+  return np.repeat(array, 3, axis=-1) if array.shape[-1] == 1 else array[..., :3]
+
+
+class Classifier:
+  """A loaded model ready to classify images: its transform, a jitted forward, its labels."""
+
+  def __init__(self, loaded: pretrained.Pretrained, batch_size: int = 32):
+    self.model, self.variables, self.record = loaded
+    self.batch_size = batch_size
+    config = self.record.data_config
+    self._transform = tf.function(lambda image: transforms.eval_transform(image, config))
+    self._decode = tf.function(transforms.decode_rgb)
+    self._header = tf.function(image_header.header_size)
+    self._probabilities = jax.jit(
+        lambda variables, x: jax.nn.softmax(self.model.apply(variables, x).astype(jnp.float32)))
+
+  @classmethod
+  def from_source(cls, source: str, *, ema: bool = False, batch_size: int = 32) -> Classifier:
+    """The classifier of any model source `load_pretrained` takes."""
+    return cls(pretrained.load_pretrained(source, ema=ema), batch_size)
+
+  def label(self, index: int) -> str:
+    names = self.record.class_names
+    return str(index) if names is None else names[index]
+
+  def read_file(self, path: str, max_pixels: int = image_header.MAX_PIXELS) -> np.ndarray:
+    """The file's uint8 RGB pixels; ImageError for a file that is no image or too large."""
+    try:
+      with open(path, 'rb') as f:
+        encoded = tf.constant(f.read())
+      height, width = (int(v) for v in self._header(encoded))
+      if height * width > max_pixels:
+        raise ImageError(f'{path}: its header claims {width} x {height} = {height * width:,} '
+                         f'pixels, over the limit of {max_pixels:,}; not decoded')
+      return self._decode(encoded).numpy()
+    except (OSError, tf.errors.OpError) as e:
+      reason = getattr(e, 'message', None) or str(e)
+      raise ImageError(f'{path} cannot be read as an image: {reason.splitlines()[0]}') from None
+
+  def preprocess(self, image: Any) -> np.ndarray:
+    """timm's eval transform of one image: (input_size, input_size, 3) float32."""
+    return self._transform(tf.constant(rgb_array(image))).numpy()
+
+  def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
+    """Class probabilities (N, num_classes) of preprocessed images, in fixed-size batches."""
+    out = []
+    for start in range(0, len(images), self.batch_size):
+      chunk = np.stack(images[start:start + self.batch_size])
+      padded = np.zeros((self.batch_size, *chunk.shape[1:]), np.float32)
+      padded[:len(chunk)] = chunk
+      out.append(np.asarray(self._probabilities(self.variables, padded))[:len(chunk)])
+    return np.concatenate(out) if out else np.zeros((0, self.record.num_classes), np.float32)
+
+  def top_k(self, probabilities: np.ndarray, k: int) -> list[dict[str, Any]]:
+    """The k most probable classes of one image: index, label, probability."""
+    order = np.argsort(-probabilities, kind='stable')[:k]
+    return [{'index': int(i), 'label': self.label(int(i)),
+             'probability': float(probabilities[i])} for i in order]
+
+  def predict(self, images: Sequence[Any], topk: int = 5) -> list[list[dict[str, Any]]]:
+    """Top-k of each image (PIL images or uint8 arrays)."""
+    probabilities = self.probabilities([self.preprocess(image) for image in images])
+    return [self.top_k(p, topk) for p in probabilities]
+
+  def predict_files(self, paths: Sequence[str], topk: int = 5,
+                    max_pixels: int = image_header.MAX_PIXELS) -> Iterator[dict[str, Any]]:
+    """{'path', 'topk'} per file, in order, or {'path', 'error'} for one that cannot be read.
+
+    Files are read and transformed on every core, one batch at a time.
+    """
+    def prepare(path: str) -> np.ndarray | str:
+      try:
+        return self.preprocess(self.read_file(path, max_pixels))
+      except ImageError as e:
+        return str(e)
+
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
+      for start in range(0, len(paths), self.batch_size):
+        chunk = paths[start:start + self.batch_size]
+        prepared = list(pool.map(prepare, chunk))
+        good = [p for p in prepared if not isinstance(p, str)]
+        results = iter(self.probabilities(good))
+        for path, item in zip(chunk, prepared):
+          if isinstance(item, str):
+            yield {'path': path, 'error': item}
+          else:
+            yield {'path': path, 'topk': self.top_k(next(results), topk)}
