@@ -36,7 +36,8 @@ def cached_files(source: str) -> tuple[str, dict[str, Any]]:
                         f'hf-hub:timm/sequencer2d_s.in1k')
   weights = next((p for p in map(lambda f: _cached(repo_id, f), WEIGHT_FILES) if p), None)
   if weights is None:
-    cache = os.environ.get('HF_HUB_CACHE') or 'the default cache'
+    import huggingface_hub
+    cache = huggingface_hub.constants.HF_HUB_CACHE
     download = f"huggingface_hub.snapshot_download('{repo_id}')"
     raise HubCacheError(f'{source} is not in the Hugging Face cache ({cache}); nothing is '
                         f'downloaded at run time. Download it once with: python -c "import '

@@ -77,27 +77,33 @@ def test_messy_files_decode_to_rgb_like_pil(tmp_path, mode, fmt):
   np.testing.assert_array_equal(got, want)
 
 
-def _pil_eval(image, size, crop_pct):
+def _pil_eval(image, size, crop_pct, interpolation):
   scale = int(math.floor(size / crop_pct))
   w, h = image.size
   if w <= h:
     new_w, new_h = scale, int(scale * h / w)
   else:
     new_w, new_h = int(scale * w / h), scale
-  resized = image.resize((new_w, new_h), Image.BICUBIC)
+  resized = image.resize((new_w, new_h), {'bicubic': Image.BICUBIC,
+                                          'bilinear': Image.BILINEAR}[interpolation])
   top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
   return np.asarray(resized.crop((left, top, left + size, top + size))).astype(np.float32)
 
 
-@pytest.mark.parametrize('h, w, size, crop_pct', [(375, 500, 224, 0.875), (500, 375, 224, 0.875),
-                                                   (333, 333, 224, 0.875), (32, 32, 224, 0.875),
-                                                   (480, 640, 392, 1.0), (301, 299, 224, 0.9)])
-def test_eval_transform_matches_pil(h, w, size, crop_pct):
+@pytest.mark.parametrize('h, w, config', [
+    (375, 500, DataConfig(224, 0.875)), (500, 375, DataConfig(224, 0.875)),
+    (333, 333, DataConfig(224, 0.875)), (32, 32, DataConfig(224, 0.875)),
+    (480, 640, DataConfig(392, 1.0)), (301, 299, DataConfig(224, 0.9)),
+    (301, 299, DataConfig(160, 0.95, 'bilinear', (0.5, 0.5, 0.5), (0.25, 0.5, 0.75)))])
+def test_eval_transform_matches_pil(h, w, config):
+  """timm's eval transform with a model's data config (size, crop_pct, filter, mean, std)."""
   image = _image(h, w, seed=h + w)
-  want = _pil_eval(image, size, crop_pct)
-  got = transforms.eval_transform(tf.constant(np.asarray(image)),
-                                  DataConfig(size, crop_pct)).numpy()
-  assert got.shape == (size, size, 3) and got.dtype == np.float32
-  pixels = (got * np.array(transforms.IMAGENET_STD) + np.array(transforms.IMAGENET_MEAN)) * 255
-  diff = np.abs(pixels - want)
-  assert diff.mean() <= 0.5 and np.percentile(diff, 99) <= 3.0, (diff.mean(), diff.max())
+  want = _pil_eval(image, config.input_size, config.crop_pct, config.interpolation)
+  size = config.input_size
+  # Eagerly, and as tf.data and predict run it: a graph, whose rounding can differ by one level.
+  for transform in (transforms.eval_transform, tf.function(transforms.eval_transform)):
+    got = transform(tf.constant(np.asarray(image)), config).numpy()
+    assert got.shape == (size, size, 3) and got.dtype == np.float32
+    pixels = (got * np.array(config.std) + np.array(config.mean)) * 255
+    diff = np.abs(pixels - want)
+    assert diff.mean() <= 0.5 and np.percentile(diff, 99) <= 3.0, (diff.mean(), diff.max())
