@@ -49,7 +49,7 @@ def restore_params(workdir: str, config: ml_collections.ConfigDict, step: int) -
   model = build_model(config)
   optimizer, _ = build_optimizer(config, steps_per_epoch=3)
   state, _ = create_train_state(model, optimizer, image_size=16, seed=0,
-                                mesh=sharding.make_mesh())
+                                mesh=sharding.make_mesh(), ema=config.ema_decay is not None)
   checkpoints = TrainCheckpoints(workdir, run_record(config), keep=10)
   try:
     return jax.device_get(checkpoints.restore(state, step).params)

@@ -178,3 +178,37 @@ def test_bad_input_gets_one_line(model_dir, tmp_path, capsys):
     status, out, err = _run(capsys, *argv)
     assert status == 1 and out == '' and len(err.splitlines()) == 1, err
     assert err.startswith('error: ') and message in err, err
+
+
+@pytest.mark.slow  # Sequencer2D-S at 224 on both sides.
+def test_a_cached_timm_checkpoint_predicts_imagenet_names(tmp_path, monkeypatch, capsys):
+  import huggingface_hub
+  import timm
+  import torch
+  from safetensors.numpy import save_file
+
+  from hub_cache import write_hub_cache
+  from sequencer_jax.labels import imagenet1k_names
+  from torch_reference import randomize_, state_dict_numpy
+
+  reference = randomize_(timm.create_model('sequencer2d_s'), seed=3).eval()
+  save_file(state_dict_numpy(reference), str(tmp_path / 'w.safetensors'))
+  monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(tmp_path / 'hub'))
+  write_hub_cache(str(tmp_path / 'hub'), 'timm/sequencer2d_s.in1k',
+                  {'model.safetensors': (tmp_path / 'w.safetensors').read_bytes()})
+  photo = tmp_path / 'photo.jpg'
+  _photo(300, 400).save(photo)
+  status, out, _ = _run(capsys, '--model', 'hf-hub:timm/sequencer2d_s.in1k', photo,
+                        '--format', 'json')
+  assert status == 0
+  (entry,) = json.loads(out)
+  names = imagenet1k_names()
+  assert [item['label'] for item in entry['topk']] == [names[i['index']] for i in entry['topk']]
+  # timm on the same preprocessed image ranks the same five classes.
+  classifier = inference.Classifier.from_source('hf-hub:timm/sequencer2d_s.in1k')
+  x = classifier.preprocess(Image.open(photo))
+  with torch.no_grad():
+    logits = reference(torch.from_numpy(x[None]).permute(0, 3, 1, 2))[0].numpy()
+  assert [item['index'] for item in entry['topk']] == np.argsort(-logits)[:5].tolist()
+  status, out, _ = _run(capsys, '--model', 'hf-hub:timm/sequencer2d_s.in1k', photo)
+  assert entry['topk'][0]['label'] in out.splitlines()[1]
