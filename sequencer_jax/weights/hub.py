@@ -22,19 +22,21 @@ class HubCacheError(ValueError):
   """A hub model that is not in the local cache, or whose cached files are not usable."""
 
 
-def _cached(repo_id: str, filename: str) -> str | None:
+def _cached(repo_id: str, filename: str, revision: str | None) -> str | None:
   import huggingface_hub
-  path = huggingface_hub.try_to_load_from_cache(repo_id, filename)
+  path = huggingface_hub.try_to_load_from_cache(repo_id, filename, revision=revision)
   return path if isinstance(path, str) and os.path.isfile(path) else None
 
 
 def cached_files(source: str) -> tuple[str, dict[str, Any]]:
-  """The cached weight file of `hf-hub:<repo>` and its config.json ({} when not cached)."""
-  repo_id = source.removeprefix(HUB_PREFIX).split('@')[0]
+  """The cached weight file of `hf-hub:<repo>[@revision]` and its config.json ({} when not
+  cached)."""
+  repo_id, _, revision = source.removeprefix(HUB_PREFIX).partition('@')
   if repo_id.count('/') != 1 or not all(repo_id.split('/')):
     raise HubCacheError(f'{source}: a hub source is hf-hub:<owner>/<name>, e.g. '
                         f'hf-hub:timm/sequencer2d_s.in1k')
-  weights = next((p for p in map(lambda f: _cached(repo_id, f), WEIGHT_FILES) if p), None)
+  weights = next((p for p in (_cached(repo_id, f, revision or None) for f in WEIGHT_FILES) if p),
+                 None)
   if weights is None:
     import huggingface_hub
     cache = huggingface_hub.constants.HF_HUB_CACHE
@@ -42,7 +44,7 @@ def cached_files(source: str) -> tuple[str, dict[str, Any]]:
     raise HubCacheError(f'{source} is not in the Hugging Face cache ({cache}); nothing is '
                         f'downloaded at run time. Download it once with: python -c "import '
                         f'huggingface_hub; {download}"')
-  config_path = _cached(repo_id, 'config.json')
+  config_path = _cached(repo_id, 'config.json', revision or None)
   if config_path is None:
     return weights, {}
   try:

@@ -18,18 +18,13 @@ from sequencer_jax.commands import export as export_command
 from sequencer_jax.commands import predict as predict_command
 from sequencer_jax.train import loop
 from snapshot import snapshot
-from tiny_run import restore_params, tiny_config, write_dataset
+from tiny_run import restore_params, tiny_config
 from torch_reference import OriginalSequencer
 
 pytestmark = pytest.mark.slow  # Trains end to end.
 
 CLASSES = ('checkerboard', 'diagonal_stripes', 'disc', 'dots', 'horizontal_stripes',
            'vertical_stripes')
-
-
-@pytest.fixture(scope='module')
-def dataset(tmp_path_factory):
-  return write_dataset(str(tmp_path_factory.mktemp('data') / 'patterns'))
 
 
 @pytest.fixture(scope='module')

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from snapshot import snapshot
-from tiny_run import restore_params, tiny_config, write_dataset
+from tiny_run import restore_params, tiny_config
 
 from sequencer_jax import ModelRecord, models, save_model
 from sequencer_jax.models import abstract_params
@@ -24,11 +24,6 @@ from sequencer_jax.train import config as train_config
 from sequencer_jax.train import loop
 from sequencer_jax.train import step as train_step
 from sequencer_jax.train.checkpoints import CheckpointError
-
-
-@pytest.fixture(scope='module')
-def dataset(tmp_path_factory):
-  return write_dataset(str(tmp_path_factory.mktemp('data') / 'patterns'))
 
 
 @pytest.fixture(scope='module')

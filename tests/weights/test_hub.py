@@ -17,7 +17,7 @@ from safetensors.numpy import save_file
 import sequencer_jax
 from sequencer_jax.labels import imagenet1k_names, imagenet1k_wnids
 from sequencer_jax.pretrained import SourceError
-from hub_cache import write_hub_cache
+from hub_cache import COMMIT, write_hub_cache
 from torch_reference import randomize_, state_dict_numpy
 
 REPO = 'timm/sequencer2d_s.in1k'
@@ -85,6 +85,10 @@ def test_without_config_json_the_registry_defaults_apply(timm_model, cache, tmp_
   _, _, record = sequencer_jax.load_pretrained(f'hf-hub:{REPO}')
   assert record.data_config == sequencer_jax.model_info('sequencer2d_s').data_config
   assert record.class_names == imagenet1k_names()
+  # A revision: the cached commit, or one line for another.
+  sequencer_jax.load_pretrained(f'hf-hub:{REPO}@{COMMIT}')
+  with pytest.raises(SourceError, match='is not in the Hugging Face cache'):
+    sequencer_jax.load_pretrained(f'hf-hub:{REPO}@{"f" * 40}')
 
 
 def test_a_hub_model_that_is_not_cached_names_the_download_command(cache):
