@@ -75,6 +75,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 50
   config.checkpoint_every_steps = 1000  # Also at the end of every epoch.
   config.keep_checkpoints = 3  # The newest k; the best by top-1 is kept apart.
-  config.init_from = ''  # Any model source: a model directory, a training workdir, a PyTorch file, hf-hub:...
+  config.init_from = ''  # Any model source: model directory, workdir, PyTorch file, hf-hub:...
   config.eval_only = False
   return config

@@ -1,4 +1,4 @@
-"""`python -m sequencer_jax.export WORKDIR DST`: the export command (sequencer_jax/commands/export.py)."""
+"""`python -m sequencer_jax.export WORKDIR DST`: the export command (commands/export.py)."""
 
 from sequencer_jax.commands.export import run
 

@@ -81,7 +81,8 @@ def _resolve(source: str, ema: bool) -> tuple[ModelRecord, Any]:
     return _from_hub(source)
   if workdir:
     record = read_workdir_record(path)
-    best = os.path.isdir(os.path.join(path, 'best')) and bool(os.listdir(os.path.join(path, 'best')))
+    best_dir = os.path.join(path, 'best')
+    best = os.path.isdir(best_dir) and bool(os.listdir(best_dir))
     step, params = read_trained_params(path, best=best, ema=ema)
     return dataclasses.replace(record, provenance={
         'workdir': path, 'step': step, 'checkpoint': 'best' if best else 'newest',

@@ -192,26 +192,30 @@ def train_batches(source: Source, *, global_batch: int, image_size: int,
                   end_position=2 * size, first_position=start_step * local)
 
 
-def eval_batches(source: Source, *, batch_size: int, image_size: int, crop_pct: float,
+def eval_batches(source: Source, *, batch_size: int, data_config: DataConfig,
                  process_index: int = 0, process_count: int = 1) -> _Batches:
-  """This process's evaluation batches: {'image', 'label', 'mask'} with b = batch_size /
-  process_count. Every process runs the same number of batches; padding has mask False."""
+  """This process's evaluation batches: {'image', 'label', 'mask', 'index'} with b = batch_size /
+  process_count, each image through timm's eval transform with `data_config`. `index` is the
+  image's index in the whole split (-1 for padding, whose mask is False). Every process runs the
+  same number of batches."""
   if batch_size % process_count:
     raise ValueError(f'the eval batch {batch_size} does not split evenly over {process_count} '
                      f'processes')
   local = batch_size // process_count
   num_batches = math.ceil(max(source.shard_size(i, process_count)
                               for i in range(process_count)) / local)
-  data_config = DataConfig(image_size, crop_pct)
+  start = source.shard_start(process_index, process_count)
+  size = data_config.input_size
 
   def example(position, record):
     image = transforms.eval_transform(transforms.decode_rgb(record['image']), data_config)
-    return {'image': image, 'label': record['label'], 'mask': True, 'position': position}
+    return {'image': image, 'label': record['label'], 'mask': True, 'position': position,
+            'index': tf.cast(start + position, tf.int32)}
 
   padding = tf.data.Dataset.from_tensors({
-      'image': tf.zeros((image_size, image_size, 3), tf.float32),
+      'image': tf.zeros((size, size, 3), tf.float32),
       'label': tf.constant(0, tf.int32), 'mask': False,
-      'position': tf.constant(-1, tf.int64)}).repeat()
+      'position': tf.constant(-1, tf.int64), 'index': tf.constant(-1, tf.int32)}).repeat()
   dataset = (source.records(process_index, process_count).enumerate()
              .map(example, num_parallel_calls=tf.data.AUTOTUNE)
              .ignore_errors()

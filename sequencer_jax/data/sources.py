@@ -61,6 +61,10 @@ class Source(abc.ABC):
     start, end = shard_bounds(self.num_examples, index, count)
     return end - start
 
+  def shard_start(self, index: int, count: int) -> int:
+    """The index in the whole split of share `index`'s first example (shares are contiguous)."""
+    return sum(self.shard_size(i, count) for i in range(index))
+
   @abc.abstractmethod
   def records(self, index: int, count: int, shuffle_seed: int | None = None) -> tf.data.Dataset:
     """One epoch of share `index` of `count` as {'image': encoded bytes, 'label': int32}.

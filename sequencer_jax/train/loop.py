@@ -144,9 +144,9 @@ def evaluate(eval_step, params: Any, source: sources.Source, config: ml_collecti
              mesh: jax.sharding.Mesh) -> dict[str, float]:
   """Top-1, top-5 and loss over the whole split: every example counted exactly once."""
   batches = pipeline.eval_batches(
-      source, batch_size=config.eval_batch_size, image_size=config.data.image_size,
-      crop_pct=config.data.crop_pct, process_index=jax.process_index(),
-      process_count=jax.process_count())
+      source, batch_size=config.eval_batch_size,
+      data_config=DataConfig(config.data.image_size, config.data.crop_pct),
+      process_index=jax.process_index(), process_count=jax.process_count())
   totals = None
   for batch in batches:
     sums = eval_step(params, sharding.global_batch(batch, mesh))

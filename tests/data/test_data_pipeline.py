@@ -25,6 +25,7 @@ from timm.data import random_erasing as timm_erasing
 from timm.data import transforms as timm_transforms
 
 from sequencer_jax.data import folder, pipeline, sources, transforms
+from sequencer_jax.models import DataConfig
 
 
 def _image(h, w, seed=0):
@@ -192,16 +193,20 @@ def test_train_batches_share_reproduce_and_resume(tmp_path):
 def test_eval_covers_every_example_once_with_padding(tmp_path):
   _write_folder(tmp_path, classes=3, per_class=(1, 5))  # 15 val images.
   source = sources.open_source(str(tmp_path), 'val')
-  seen = []
+  seen, indices = [], []
   for index in range(2):
-    batches = list(pipeline.eval_batches(source, batch_size=8, image_size=16, crop_pct=0.875,
+    batches = list(pipeline.eval_batches(source, batch_size=8, data_config=DataConfig(16, 0.875),
                                          process_index=index, process_count=2))
     assert len(batches) == 2  # ceil(8 / 4) on both processes.
     for batch in batches:
       seen.extend(batch['label'][batch['mask']])
-      assert not batch['image'][~batch['mask']].any()
+      indices.extend(batch['index'][batch['mask']])
+      padding = ~batch['mask']
+      assert not batch['image'][padding].any() and (batch['index'][padding] == -1).all()
   assert sorted(seen) == sorted(source.split.labels)
-  single = list(pipeline.eval_batches(source, batch_size=4, image_size=16, crop_pct=0.875))
+  assert indices == list(range(15))  # Each image's index in the whole split, once.
+  assert [source.split.labels[i] for i in indices] == seen
+  single = list(pipeline.eval_batches(source, batch_size=4, data_config=DataConfig(16, 0.875)))
   assert sum(int(b['mask'].sum()) for b in single) == 15 and len(single) == 4
 
 
@@ -218,7 +223,7 @@ def test_undecodable_files_are_skipped_named_and_counted(tmp_path, caplog):
   assert batches.skipped == [str(bad_train)]
   assert str(bad_train) in caplog.text and 'cannot be decoded' in caplog.text
   val = sources.open_source(str(tmp_path), 'val')
-  evaluated = pipeline.eval_batches(val, batch_size=4, image_size=16, crop_pct=1.0)
+  evaluated = pipeline.eval_batches(val, batch_size=4, data_config=DataConfig(16, 1.0))
   assert sum(int(b['mask'].sum()) for b in evaluated) == 5
   assert evaluated.skipped == [str(bad_val)]
 

@@ -19,7 +19,7 @@ from snapshot import snapshot
 from tiny_run import restore_params, tiny_config
 
 from sequencer_jax import ModelRecord, models, save_model
-from sequencer_jax.models import abstract_params
+from sequencer_jax.models import DataConfig, abstract_params
 from sequencer_jax.train import config as train_config
 from sequencer_jax.train import loop
 from sequencer_jax.train import step as train_step
@@ -182,7 +182,7 @@ def test_eval_only_reproduces_validate(dataset, tmp_path):
   from sequencer_jax.data import pipeline, sources
   correct = 0
   for batch in pipeline.eval_batches(sources.open_source(dataset, 'val'), batch_size=8,
-                                     image_size=28, crop_pct=config.data.crop_pct):
+                                     data_config=DataConfig(28, config.data.crop_pct)):
     logits = jax.jit(model.apply)({'params': params}, batch['image'])
     correct += int(np.sum((np.argmax(logits, -1) == batch['label']) & batch['mask']))
   assert metrics['top1'] == correct / 18

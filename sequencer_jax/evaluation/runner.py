@@ -1,0 +1,49 @@
+"""Running a model over an evaluation set: a jitted top-5 step over the mesh, the metric on host."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from sequencer_jax.data import pipeline
+from sequencer_jax.evaluation.suites import EvalSet
+from sequencer_jax.models import DataConfig
+from sequencer_jax.train import sharding
+
+
+def make_predict_step(model: nn.Module, *, mesh: Mesh, params_sharding: Any,
+                      classes: tuple[int, ...] | None = None) -> Callable[[Any, dict], dict]:
+  """The jitted `(params, batch) -> {'top5', 'index', 'mask'}`, replicated on every process:
+  each image's five best classes (within `classes` when given), best first."""
+  subset = None if classes is None else jnp.asarray(classes)
+
+  def step(params: Any, batch: dict) -> dict:
+    logits = model.apply({'params': params}, batch['image']).astype(jnp.float32)
+    if subset is not None:
+      logits = logits[:, subset]
+    _, top = jax.lax.top_k(logits, min(5, logits.shape[-1]))
+    top = top if subset is None else subset[top]
+    return {'top5': top, 'index': batch['index'], 'mask': batch['mask']}
+
+  return jax.jit(step, in_shardings=(params_sharding, sharding.data_sharding(mesh)),
+                 out_shardings=sharding.replicated(mesh))
+
+
+def run_eval(predict_step: Callable[[Any, dict], dict], params: Any, eval_set: EvalSet, *,
+             batch_size: int, data_config: DataConfig, mesh: Mesh) -> dict[str, Any]:
+  """The metric of `eval_set` over all its images, and `skipped`: images that could not be read."""
+  batches = pipeline.eval_batches(eval_set.source, batch_size=batch_size,
+                                  data_config=data_config, process_index=jax.process_index(),
+                                  process_count=jax.process_count())
+  metric = eval_set.new_metric()
+  for batch in batches:
+    out = jax.device_get(predict_step(params, sharding.global_batch(batch, mesh)))
+    keep = np.asarray(out['mask'], bool)
+    metric.update(np.asarray(out['top5'])[keep], np.asarray(out['index'])[keep])
+  return {**metric.result(), 'skipped': len(batches.skipped)}

@@ -1,0 +1,158 @@
+"""The evaluate command end to end, on generated folders laid out as each set is distributed,
+against the metrics computed by hand from the model's own logits, image by image."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+import sequencer_jax
+from sequencer_jax.commands import evaluate as evaluate_command
+from sequencer_jax.evaluation import metrics, runner
+from sequencer_jax.inference import Classifier
+from sequencer_jax.labels import imagenet1k_wnids, imagenet_real_labels, subset_wnids
+from sequencer_jax.models import DataConfig, SequencerArch
+from sequencer_jax.train import sharding
+
+ARCH = SequencerArch(layers=(1, 1), patch_sizes=(4, 2), embed_dims=(16, 32), hidden_sizes=(4, 8))
+WNIDS = imagenet1k_wnids()
+
+
+class _Logits(nn.Module):
+  """Returns the first pixel's 1000 channels as logits: predictions chosen by the test."""
+
+  @nn.compact
+  def __call__(self, x):
+    return x[:, 0, 0, :]
+
+
+def test_the_predict_step_restricts_to_the_subset():
+  mesh = sharding.make_mesh()
+  classes = (6, 11, 13, 15, 17, 22)
+  logits = np.zeros((2, 1, 1, 1000), np.float32)
+  logits[0, 0, 0, [999, 13, 6, 11]] = [9.0, 3.0, 2.0, 1.0]  # 999 is outside the subset.
+  logits[1, 0, 0, [11, 5]] = [1.0, 8.0]
+  step = runner.make_predict_step(_Logits(), mesh=mesh, params_sharding=sharding.replicated(mesh),
+                                  classes=classes)
+  batch = {'image': logits, 'index': np.array([4, 7], np.int32), 'mask': np.array([True, True])}
+  out = jax.device_get(step({}, sharding.global_batch(batch, mesh)))
+  assert out['top5'][0].tolist()[:3] == [13, 6, 11] and out['top5'][1].tolist()[0] == 11
+  assert set(out['top5'].ravel()) <= set(classes) and out['index'].tolist() == [4, 7]
+
+
+@pytest.fixture(scope='module')
+def model_dir(tmp_path_factory):
+  model = sequencer_jax.Sequencer(ARCH, num_classes=1000)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))['params']
+  params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.key(2), p.shape), params)
+  path = str(tmp_path_factory.mktemp('model') / 'm')
+  sequencer_jax.save_model(path, sequencer_jax.ModelRecord(ARCH, 1000, None, DataConfig(16, 1.0)),
+                           params)
+  return path
+
+
+def _image(path, seed):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(np.random.default_rng(seed).integers(0, 256, (20, 24, 3), np.uint8)).save(path)
+  return str(path)
+
+
+def _top5(classifier, path, classes=None):
+  x = classifier.preprocess(Image.open(path))[None]
+  logits = np.asarray(classifier.model.apply(classifier.variables, x))[0]
+  if classes is not None:
+    masked = np.full_like(logits, -np.inf)
+    masked[list(classes)] = logits[list(classes)]
+    logits = masked
+  return np.argsort(-logits, kind='stable')[:5]
+
+
+def _evaluate(capsys, *argv):
+  status = evaluate_command.main([str(a) for a in argv])
+  out, err = capsys.readouterr()
+  return status, out, err
+
+
+@pytest.mark.slow  # Compiles one step per set.
+def test_every_suite_on_folders_laid_out_as_distributed(model_dir, tmp_path, capsys):
+  classifier = Classifier.from_source(model_dir)
+  seed = iter(range(1000))
+  val = {w: [_image(tmp_path / 'val' / w / f'{i}.JPEG', next(seed)) for i in range(3)]
+         for w in WNIDS[:3]}
+  real = [_image(tmp_path / 'real' / f'ILSVRC2012_val_{i:08d}.JPEG', next(seed))
+          for i in range(1, 7)]
+  a_wnids = subset_wnids('imagenet_a')[:2]
+  a_set = {w: [_image(tmp_path / 'a' / w / f'{i}.jpg', next(seed)) for i in range(2)]
+           for w in a_wnids}
+  c_cells = [('fog', s) for s in metrics.SEVERITIES] + [('snow', 1)]
+  c_set = {(c, s): [_image(tmp_path / 'c' / c / str(s) / WNIDS[5] / f'{i}.png', next(seed))
+                    for i in range(2)] for c, s in c_cells}
+  status, out, err = _evaluate(
+      capsys, '--model', model_dir, '--eval', f'imagenet={tmp_path / "val"}',
+      '--eval', f'real={tmp_path}:real', '--eval', f'imagenet_a={tmp_path / "a"}',
+      '--eval', f'imagenet_c={tmp_path / "c"}', '--batch-size', 4, '--format', 'json',
+      '--results-file', tmp_path / 'results.csv')
+  assert status == 0, err
+  results = json.loads(out)
+
+  # ImageNet: WordNet-id folders are ImageNet-1k indices.
+  hits = [(WNIDS.index(w), _top5(classifier, p)) for w, paths in val.items() for p in paths]
+  assert results['imagenet']['images'] == 9
+  assert results['imagenet']['top1'] == pytest.approx(np.mean([t[0] == y for y, t in hits]))
+  assert results['imagenet']['top5'] == pytest.approx(np.mean([y in t for y, t in hits]))
+  # ReaL: the file number keys the label set; the empty set of image 1 is left out.
+  sets = imagenet_real_labels()[:6]
+  kept = [(s, _top5(classifier, p)) for s, p in zip(sets, real) if s]
+  assert results['real']['images'] == 5
+  assert results['real']['top1'] == pytest.approx(np.mean([t[0] in s for s, t in kept]))
+  # ImageNet-A: top-1 over its 200 classes only.
+  a_classes = [WNIDS.index(w) for w in subset_wnids('imagenet_a')]
+  a_hits = [(WNIDS.index(w), _top5(classifier, p, a_classes)) for w, ps in a_set.items()
+            for p in ps]
+  assert results['imagenet_a']['top1'] == pytest.approx(np.mean([t[0] == y for y, t in a_hits]))
+  assert results['imagenet_a']['top5'] == pytest.approx(np.mean([y in t for y, t in a_hits]))
+  # ImageNet-C: fog complete (its CE), snow partial (no CE), so no mCE.
+  c = results['imagenet_c']
+  fog_errors = [1 - np.mean([_top5(classifier, p)[0] == 5 for p in c_set['fog', s]])
+                for s in metrics.SEVERITIES]
+  assert c['corruptions']['fog']['ce'] == pytest.approx(
+      sum(fog_errors) / sum(metrics.ALEXNET_ERRORS['fog']))
+  assert c['corruptions']['snow']['ce'] is None and c['mce'] is None
+  assert 'snow' in c['partial']['missing'] and c['images'] == 12
+  with open(tmp_path / 'results.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert [r['eval'] for r in rows] == ['imagenet', 'real', 'imagenet_a', 'imagenet_c']
+  assert float(rows[0]['top1']) == pytest.approx(100 * results['imagenet']['top1'], abs=1e-4)
+  # The table names every set; a second run appends rows under the same header.
+  status, out, _ = _evaluate(capsys, '--model', model_dir, '--eval',
+                             f'imagenet={tmp_path / "val"}', '--batch-size', 4,
+                             '--results-file', tmp_path / 'results.csv')
+  assert status == 0 and out.splitlines()[1].startswith('imagenet')
+  with open(tmp_path / 'results.csv') as f:
+    assert len(list(csv.DictReader(f))) == 5
+
+
+def test_bad_evaluations_get_one_line(model_dir, tmp_path, capsys):
+  _image(tmp_path / 'other' / 'cats' / '0.jpg', 0)
+  _image(tmp_path / 'a' / WNIDS[0] / '0.jpg', 1)  # Tench is not one of ImageNet-A's classes.
+  for argv, message in [
+      (['--eval', f'imagenet={tmp_path / "other"}'], "1 folder(s) are not ImageNet-1k WordNet "
+                                                     "ids: cats"),
+      (['--eval', f'imagenet_a={tmp_path / "a"}'], "are not the set's 200 classes: n01440764"),
+      (['--eval', f'real={tmp_path / "a"}'], 'holds no ILSVRC2012_val_*.JPEG files'),
+      (['--eval', f'imagenet={tmp_path / "missing"}'], 'is neither an existing image folder'),
+  ]:
+    status, out, err = _evaluate(capsys, '--model', model_dir, *argv)
+    assert status == 1 and out == '' and len(err.splitlines()) == 1, err
+    assert message in err, err
+  with pytest.raises(SystemExit):
+    evaluate_command.main(['--model', model_dir, '--eval', 'top1=somewhere'])
+  assert 'NAME is one of imagenet, real' in capsys.readouterr().err
