@@ -17,7 +17,7 @@ def get_config():
   config = default.get_config()
   config.model.num_classes = 10
   config.data.dataset = 'cifar10'
-  config.data.eval_split = 'test'
+  config.evals.val.split = 'test'
   config.global_batch_size = 512
   config.optim.lr = 1e-4
   config.optim.scale_lr_with_batch = False  # 1e-4 is the lr at batch 512 itself.

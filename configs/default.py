@@ -29,7 +29,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.dataset = 'imagenet2012'  # A TFDS name, or the root of an extracted image folder.
   config.data.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data_dir
   config.data.train_split = 'train'
-  config.data.eval_split = 'validation'  # 'val' for an image folder.
   config.data.image_size = 224  # --img-size
   config.data.crop_pct = 0.875  # --crop-pct (evaluation)
 
@@ -71,6 +70,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.ema_decay = ml_collections.FieldReference(None, field_type=float)  # --model-ema-decay
   config.fsdp = False  # Shard parameters and optimiser state over the devices.
   config.eval_batch_size = 1024
+  # Named evaluations, all run at every evaluation and by eval_only: a dataset ('' for
+  # data.dataset; a TFDS name or a folder), its split, and a metric: 'accuracy' (top-1/top-5/loss
+  # in the dataset's own classes) or an ImageNet suite of `python -m sequencer_jax.evaluate`
+  # (imagenet, real, imagenet_v2, imagenet_sketch, imagenet_a, imagenet_r, imagenet_c).
+  config.evals = ml_collections.ConfigDict({'val': ml_collections.ConfigDict(
+      {'dataset': '', 'split': 'validation', 'metric': 'accuracy'})})
+  config.best_eval = 'val'  # The evaluation whose top-1 (its EMA's, with EMA) picks best/.
   config.eval_every_epochs = 1
   config.log_every_steps = 50
   config.checkpoint_every_steps = 1000  # Also at the end of every epoch.

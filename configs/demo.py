@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.drop_path_rate = 0.0
   config.model.dtype = 'float32'
   config.data.dataset = ''  # Empty: <workdir>/data, generated on the first run.
-  config.data.eval_split = 'val'
+  config.evals.val.split = 'val'
   config.data.image_size = 48
   config.data.crop_pct = 1.0
   config.aug.scale = (0.35, 1.0)

@@ -108,7 +108,7 @@ def main(argv: list[str]) -> None:
     sys.exit(f'error: {e}')
   if jax.process_index() == 0 and metrics:
     print(f'final validation top-1: {100 * metrics["top1"]:.1f}% '
-          f'({int(metrics["examples"])} images); TensorBoard logs: '
+          f'({metrics["images"]} images); TensorBoard logs: '
           f'tensorboard --logdir {os.path.abspath(workdir)}', flush=True)
 
 

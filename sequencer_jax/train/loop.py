@@ -17,13 +17,12 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from sequencer_jax.data import pipeline, sources
 from sequencer_jax import pretrained
+from sequencer_jax.data import pipeline, sources
 from sequencer_jax.data.folder import DatasetError
 from sequencer_jax.labels import readable_names
 from sequencer_jax.models import DataConfig, Sequencer, abstract_params, replace_head
@@ -31,8 +30,9 @@ from sequencer_jax.train import optim, sharding, step as train_step
 from sequencer_jax.train.checkpoints import CheckpointError, TrainCheckpoints
 from sequencer_jax.train.config import (ConfigError, build_model, build_optimizer, mixup_config,
                                         run_record, schedule_config, train_augment)
+from sequencer_jax.train.evaluations import Evaluations, scalars
 from sequencer_jax.train.run_log import RunLog, log
-from sequencer_jax.train.state import create_train_state
+from sequencer_jax.train.state import TrainState, create_train_state
 from sequencer_jax.weights import ModelRecord
 
 
@@ -140,40 +140,26 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str, step: int) ->
     f.write(text)
 
 
-def evaluate(eval_step, params: Any, source: sources.Source, config: ml_collections.ConfigDict,
-             mesh: jax.sharding.Mesh) -> dict[str, float]:
-  """Top-1, top-5 and loss over the whole split: every example counted exactly once."""
-  batches = pipeline.eval_batches(
-      source, batch_size=config.eval_batch_size,
-      data_config=DataConfig(config.data.image_size, config.data.crop_pct),
-      process_index=jax.process_index(), process_count=jax.process_count())
-  totals = None
-  for batch in batches:
-    sums = eval_step(params, sharding.global_batch(batch, mesh))
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = jax.device_get(totals)
-  count = float(totals['count'])
-  return {'top1': float(totals['top1']) / count, 'top5': float(totals['top5']) / count,
-          'loss': float(totals['loss']) / count, 'examples': count,
-          'skipped': float(len(batches.skipped))}
-
-
-def _evaluate_state(eval_step, state: Any, source: sources.Source,
-                    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, logger: RunLog,
-                    when: str, write: bool = True) -> dict[str, float]:
-  """Evaluates the raw parameters and, when the run keeps them, the EMA parameters (logged as
-  `eval_ema`, returned as `ema_top1`, ...)."""
-  metrics = evaluate(eval_step, state.params, source, config, mesh)
-  runs = [('eval', '', metrics)]
+def _evaluate_state(evaluations: Evaluations, state: Any, params_sharding: Any,
+                    config: ml_collections.ConfigDict, logger: RunLog, when: str,
+                    write: bool = True) -> dict[str, Any]:
+  """Runs every named evaluation on the raw parameters and, when the run keeps them, on the EMA
+  parameters (logged as `eval/<name>` and `eval_ema/<name>`). Returns `config.best_eval`'s
+  figures (the EMA's as `ema_top1`, ...) and, under `evals`, every evaluation's."""
+  runs = [('eval', '', evaluations(state.params, params_sharding))]
   if state.ema_params is not None:
-    ema = evaluate(eval_step, state.ema_params, source, config, mesh)
-    runs.append(('eval_ema', 'EMA ', ema))
-    metrics = {**metrics, **{f'ema_{k}': ema[k] for k in ('top1', 'top5', 'loss')}}
-  for kind, label, values in runs:
-    if write:
-      logger.write(int(state.step), kind, values)
-    logger.info('%seval at %s: top-1 %.4f, top-5 %.4f, loss %.4f', label, when, values['top1'],
-                values['top5'], values['loss'])
+    runs.append(('eval_ema', 'EMA ', evaluations(state.ema_params, params_sharding)))
+  for kind, label, results in runs:
+    for name, values in results.items():
+      if write:
+        logger.write(int(state.step), f'{kind}/{name}', scalars(values))
+      logger.info('%seval %s at %s: top-1 %.4f, top-5 %.4f over %d images', label, name, when,
+                  values['top1'], values['top5'], values['images'])
+  metrics = {**runs[0][2][config.best_eval], 'evals': runs[0][2]}
+  if len(runs) > 1:
+    ema = runs[1][2][config.best_eval]
+    metrics.update({f'ema_{k}': ema[k] for k in ('top1', 'top5')})
+    metrics['ema_evals'] = runs[1][2]
   return metrics
 
 
@@ -213,21 +199,17 @@ def _check_batch_sizes(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
 
 
 def _evaluate_only(config: ml_collections.ConfigDict, model: Sequencer, mesh: jax.sharding.Mesh,
-                   eval_source: sources.Source, workdir: str) -> dict[str, float]:
-  """`eval_only`: the checkpoint `init_from` over the whole evaluation split."""
+                   evaluations: Evaluations, workdir: str) -> dict[str, Any]:
+  """`eval_only`: the model `init_from` on every named evaluation."""
   params_sharding = sharding.param_shardings(abstract_params(model), mesh, config.fsdp)
   params = jax.device_put(init_params(config, model, replace_head_ok=False), params_sharding)
   os.makedirs(workdir, exist_ok=True)
   logger = RunLog(workdir)
   try:
-    eval_step = train_step.make_eval_step(model, mesh=mesh, params_sharding=params_sharding)
-    metrics = evaluate(eval_step, params, eval_source, config, mesh)
-    logger.write(0, 'eval', metrics)
-    logger.info('eval: top-1 %.4f, top-5 %.4f, loss %.4f over %d images', metrics['top1'],
-                metrics['top5'], metrics['loss'], metrics['examples'])
+    state = TrainState(step=0, params=params, opt_state=None, ema_params=None, rng=None)
+    return _evaluate_state(evaluations, state, params_sharding, config, logger, 'init_from')
   finally:
     logger.close()
-  return metrics
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -243,10 +225,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   _check_batch_sizes(config, mesh)
   if config.eval_only and not config.init_from:
     raise ConfigError(f'eval_only needs init_from: {pretrained.SOURCES}')
-  eval_source = sources.open_source(config.data.dataset, config.data.eval_split,
-                                    config.data.data_dir, config.data.train_split)
+  eval_model = build_model(config, train=False)
+  evaluations = Evaluations(config, eval_model, mesh)
   if config.eval_only:
-    return _evaluate_only(config, build_model(config, train=False), mesh, eval_source, workdir)
+    return _evaluate_only(config, eval_model, mesh, evaluations, workdir)
 
   train_source = sources.open_source(config.data.dataset, config.data.train_split,
                                      config.data.data_dir, config.data.train_split)
@@ -282,8 +264,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         model, optimizer, mixup=mixup_config(config), label_smoothing=config.aug.smoothing,
         grad_accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay, mesh=mesh,
         state_shardings=state_shardings)
-    eval_step = train_step.make_eval_step(
-        build_model(config, train=False), mesh=mesh, params_sharding=state_shardings.params)
     augment = train_augment(config)
     preemption = _Preemption()
     cleanup.callback(preemption.restore)
@@ -327,8 +307,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             checkpoints.save(step, state)
           if end_of_epoch and ((step // steps_per_epoch) % config.eval_every_epochs == 0
                                or step == total_steps):
-            metrics = _evaluate_state(eval_step, state, eval_source, config, mesh, logger,
-                                      f'epoch {step // steps_per_epoch}')
+            metrics = _evaluate_state(evaluations, state, state_shardings.params, config,
+                                      logger, f'epoch {step // steps_per_epoch}')
             # As timm: with EMA weights, their top-1 chooses the best checkpoint.
             checkpoints.save_best(step, state, metrics.get('ema_top1', metrics['top1']))
           if stop:
@@ -336,7 +316,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             return metrics
       if not metrics:  # The run was already complete: report its final parameters.
         logger.info('the run was already complete at step %d', step)
-        metrics = _evaluate_state(eval_step, state, eval_source, config, mesh, logger,
+        metrics = _evaluate_state(evaluations, state, state_shardings.params, config, logger,
                                   f'step {step}', write=False)
     except jax.errors.JaxRuntimeError as e:  # Raised where a result is first awaited.
       if 'RESOURCE_EXHAUSTED' in str(e):

@@ -31,7 +31,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 @pytest.mark.parametrize('override, message', [
-    ('bogus', "the config has no field 'bogus'; its fields: aug, checkpoint_every_steps, data"),
+    ('bogus', "the config has no field 'bogus'; its fields: aug, best_eval, checkpoint_every_steps, data"),
     ('optim.lr_max', "config.optim has no field 'lr_max'; its fields: b1, b2, clip_grad"),
     ('seed.x', 'seed is a value, not a group of fields'),
 ])

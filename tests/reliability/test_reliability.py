@@ -112,7 +112,7 @@ def test_two_processes_equal_one_process_with_four_devices(tmp_path, cache_dir):
            _environment(4, cache_dir), [str(tmp_path / 'reference.log')])
   want = json.load(open(tmp_path / 'reference.json'))['metrics']
   for got in results:
-    assert got['metrics']['examples'] == want['examples'] == 18
+    assert got['metrics']['images'] == want['images'] == 18
     assert got['metrics']['top1'] == want['top1']
     np.testing.assert_allclose(got['metrics']['loss'], want['loss'], rtol=1e-5)
   config = tiny_config(dataset)

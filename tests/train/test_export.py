@@ -76,8 +76,8 @@ def test_ema_weights_are_evaluated_and_exported(ema_run, tmp_path):
   workdir, config, metrics = ema_run
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     kinds = [(r['step'], r['kind']) for r in map(json.loads, f) if r['kind'].startswith('eval')]
-  assert kinds == [(3, 'eval'), (3, 'eval_ema'), (6, 'eval'), (6, 'eval_ema')]
-  assert {'ema_top1', 'ema_top5', 'ema_loss'} <= set(metrics)
+  assert kinds == [(3, 'eval/val'), (3, 'eval_ema/val'), (6, 'eval/val'), (6, 'eval_ema/val')]
+  assert {'ema_top1', 'ema_top5', 'ema_evals'} <= set(metrics)
   assert _export(workdir, tmp_path / 'ema', '--ema', '--step', 4) == 0
   _, variables, record = sequencer_jax.load_pretrained(str(tmp_path / 'ema'))
   assert record.provenance['weights'] == 'ema' and record.provenance['step'] == 4

@@ -37,11 +37,11 @@ def whole_run(dataset, tmp_path_factory):
 def test_train_resume_and_evaluate(dataset, whole_run, tmp_path, monkeypatch):
   config = tiny_config(dataset)
   whole, metrics = whole_run
-  assert metrics['examples'] == 18 and 0 <= metrics['top1'] <= 1
+  assert metrics['images'] == 18 and 0 <= metrics['top1'] <= 1
   assert sorted(os.listdir(os.path.join(whole, 'checkpoints'))) == ['4', '6']  # Keeps 2.
   lines = [json.loads(l) for l in open(os.path.join(whole, 'metrics.jsonl'))]
   assert [l['step'] for l in lines if l['kind'] == 'train'] == [2, 3, 4, 6]
-  assert [l['step'] for l in lines if l['kind'] == 'eval'] == [3, 6]
+  assert [l['step'] for l in lines if l['kind'] == 'eval/val'] == [3, 6]
   assert all(np.isfinite(l['loss']) for l in lines)
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(whole))
   assert json.load(open(os.path.join(whole, 'config.json')))['global_batch_size'] == 16
@@ -177,7 +177,7 @@ def test_eval_only_reproduces_validate(dataset, tmp_path):
                                'init_from': str(tmp_path / 'ckpt'), 'data.image_size': 28})
   config.model.arch = type(config.model.arch)()
   metrics = loop.train_and_evaluate(config, str(tmp_path / 'eval'))
-  assert metrics['examples'] == 18 and metrics['skipped'] == 0
+  assert metrics['images'] == 18 and metrics['skipped'] == 0
   model = train_config.build_model(config, train=False)
   from sequencer_jax.data import pipeline, sources
   correct = 0
@@ -188,3 +188,47 @@ def test_eval_only_reproduces_validate(dataset, tmp_path):
   assert metrics['top1'] == correct / 18
   with pytest.raises(train_config.ConfigError, match='eval_only needs init_from'):
     loop.train_and_evaluate(tiny_config(dataset, eval_only=True), str(tmp_path / 'none'))
+
+
+@pytest.mark.slow
+def test_named_evaluations_with_an_imagenet_suite(dataset, tmp_path, capsys):
+  """config.evals: the folder's accuracy and the ImageNet metric on a WordNet-id folder, both run
+  by eval_only; the suite's figures equal the evaluate command's on the same model."""
+  import ml_collections
+  from PIL import Image
+
+  from sequencer_jax.commands import evaluate as evaluate_command
+  from sequencer_jax.labels import imagenet1k_wnids
+  config = tiny_config(dataset, **{'model.num_classes': 1000, 'eval_only': True})
+  model = train_config.build_model(config, train=False)
+  params = jax.tree.map(lambda s: 0.3 * np.random.default_rng(3).standard_normal(s.shape)
+                        .astype(np.float32), abstract_params(model))
+  record = ModelRecord(model.arch, 1000, None, DataConfig(16, config.data.crop_pct))
+  save_model(str(tmp_path / 'model'), record, params)
+  for i, wnid in enumerate(imagenet1k_wnids()[:4]):
+    os.makedirs(tmp_path / 'wn' / wnid)
+    Image.fromarray(np.random.default_rng(i).integers(0, 256, (20, 20, 3), np.uint8)).save(
+        tmp_path / 'wn' / wnid / 'a.png')
+  config.init_from = str(tmp_path / 'model')
+  config.evals.imagenet = ml_collections.ConfigDict(
+      {'dataset': str(tmp_path / 'wn'), 'split': '', 'metric': 'imagenet'})
+  metrics = loop.train_and_evaluate(config, str(tmp_path / 'eval'))
+  assert set(metrics['evals']) == {'val', 'imagenet'} and metrics['images'] == 18
+  assert metrics['evals']['imagenet']['images'] == 4
+  assert evaluate_command.main(['--model', str(tmp_path / 'model'), '--eval',
+                                f'imagenet={tmp_path / "wn"}', '--batch-size', '8',
+                                '--format', 'json']) == 0
+  command = json.loads(capsys.readouterr().out)['imagenet']
+  assert metrics['evals']['imagenet'] == command
+  with open(tmp_path / 'eval' / 'metrics.jsonl') as f:
+    assert sorted(json.loads(line)['kind'] for line in f) == ['eval/imagenet', 'eval/val']
+  # A suite on a head that is not ImageNet-1k's, or a best_eval that is not named: refused.
+  config = tiny_config(dataset)
+  config.evals.imagenet = ml_collections.ConfigDict(
+      {'dataset': str(tmp_path / 'wn'), 'split': '', 'metric': 'imagenet'})
+  with pytest.raises(train_config.ConfigError, match='needs an ImageNet-1k head, but '
+                                                     'model.num_classes is 6'):
+    loop.train_and_evaluate(config, str(tmp_path / 'refused'))
+  with pytest.raises(train_config.ConfigError, match="best_eval 'test' is not one of"):
+    loop.train_and_evaluate(tiny_config(dataset, best_eval='test'), str(tmp_path / 'refused'))
+  assert not (tmp_path / 'refused').exists()
