@@ -144,19 +144,19 @@ def open_eval(name: str, suite: str, dataset: str, split: str | None = None,
     source = sources.FolderSource(_wnid_folder(root, subset_wnids(subset) if subset else None))
   else:
     base = dataset.split('/')[0]
+    cell = re.fullmatch(r'imagenet2012_corrupted/(\w+)_(\d)', dataset)
+    if suite == 'imagenet_c' and not cell:
+      raise DatasetError(f'{dataset}: ImageNet-C from TFDS is imagenet2012_corrupted/'
+                         f'<corruption>_<severity>, one per --eval (or use the folder layout)')
     source = sources.TfdsSource(dataset, split or DEFAULT_SPLITS.get(base, 'test'), data_dir)
     if suite == 'real':
       sets = [tuple(int(c) for c in s) for s in _tfds_column(source, 'real_label')]
       return EvalSet(name, suite, source, functools.partial(metrics.RealAccuracy, sets))
     if suite == 'imagenet_c':
-      match = re.fullmatch(r'imagenet2012_corrupted/(\w+)_(\d)', dataset)
-      if not match:
-        raise DatasetError(f'{dataset}: ImageNet-C from TFDS is imagenet2012_corrupted/'
-                           f'<corruption>_<severity>, one per --eval (or use the folder layout)')
       labels = _labels(source)
       return EvalSet(name, suite, source, functools.partial(
-          metrics.CorruptionError, labels, [match[1]] * len(labels),
-          [int(match[2])] * len(labels)))
+          metrics.CorruptionError, labels, [cell[1]] * len(labels),
+          [int(cell[2])] * len(labels)))
     subset = suite if suite in ('imagenet_a', 'imagenet_r') else None
   classes = subset_indices(subset) if subset else None
   return EvalSet(name, suite, source, functools.partial(metrics.TopK, _labels(source)), classes)

@@ -92,13 +92,18 @@ def test_every_suite_on_folders_laid_out_as_distributed(model_dir, tmp_path, cap
   a_wnids = subset_wnids('imagenet_a')[:2]
   a_set = {w: [_image(tmp_path / 'a' / w / f'{i}.jpg', next(seed)) for i in range(2)]
            for w in a_wnids}
+  r_wnids = subset_wnids('imagenet_r')[5:7]
+  r_set = {w: [_image(tmp_path / 'r' / w / f'{i}.jpg', next(seed)) for i in range(2)]
+           for w in r_wnids}
   c_cells = [('fog', s) for s in metrics.SEVERITIES] + [('snow', 1)]
   c_set = {(c, s): [_image(tmp_path / 'c' / c / str(s) / WNIDS[5] / f'{i}.png', next(seed))
                     for i in range(2)] for c, s in c_cells}
   status, out, err = _evaluate(
       capsys, '--model', model_dir, '--eval', f'imagenet={tmp_path / "val"}',
       '--eval', f'real={tmp_path}:real', '--eval', f'imagenet_a={tmp_path / "a"}',
-      '--eval', f'imagenet_c={tmp_path / "c"}', '--batch-size', 4, '--format', 'json',
+      '--eval', f'imagenet_c={tmp_path / "c"}', '--eval', f'imagenet_r={tmp_path / "r"}',
+      '--eval', f'imagenet_v2={tmp_path / "val"}', '--eval', f'imagenet_sketch={tmp_path}:val',
+      '--batch-size', 4, '--format', 'json',
       '--results-file', tmp_path / 'results.csv')
   assert status == 0, err
   results = json.loads(out)
@@ -119,6 +124,12 @@ def test_every_suite_on_folders_laid_out_as_distributed(model_dir, tmp_path, cap
             for p in ps]
   assert results['imagenet_a']['top1'] == pytest.approx(np.mean([t[0] == y for y, t in a_hits]))
   assert results['imagenet_a']['top5'] == pytest.approx(np.mean([y in t for y, t in a_hits]))
+  # ImageNet-R: its own 200 classes; V2 and Sketch: plain top-1/top-5 (here on the val folder).
+  r_classes = [WNIDS.index(w) for w in subset_wnids('imagenet_r')]
+  r_hits = [(WNIDS.index(w), _top5(classifier, p, r_classes)) for w, ps in r_set.items()
+            for p in ps]
+  assert results['imagenet_r']['top1'] == pytest.approx(np.mean([t[0] == y for y, t in r_hits]))
+  assert results['imagenet_v2'] == results['imagenet_sketch'] == results['imagenet']
   # ImageNet-C: fog complete (its CE), snow partial (no CE), so no mCE.
   c = results['imagenet_c']
   fog_errors = [1 - np.mean([_top5(classifier, p)[0] == 5 for p in c_set['fog', s]])
@@ -129,7 +140,8 @@ def test_every_suite_on_folders_laid_out_as_distributed(model_dir, tmp_path, cap
   assert 'snow' in c['partial']['missing'] and c['images'] == 12
   with open(tmp_path / 'results.csv') as f:
     rows = list(csv.DictReader(f))
-  assert [r['eval'] for r in rows] == ['imagenet', 'real', 'imagenet_a', 'imagenet_c']
+  assert [r['eval'] for r in rows] == ['imagenet', 'real', 'imagenet_a', 'imagenet_c',
+                                       'imagenet_r', 'imagenet_v2', 'imagenet_sketch']
   assert float(rows[0]['top1']) == pytest.approx(100 * results['imagenet']['top1'], abs=1e-4)
   # The table names every set; a second run appends rows under the same header.
   status, out, _ = _evaluate(capsys, '--model', model_dir, '--eval',
@@ -137,7 +149,7 @@ def test_every_suite_on_folders_laid_out_as_distributed(model_dir, tmp_path, cap
                              '--results-file', tmp_path / 'results.csv')
   assert status == 0 and out.splitlines()[1].startswith('imagenet')
   with open(tmp_path / 'results.csv') as f:
-    assert len(list(csv.DictReader(f))) == 5
+    assert len(list(csv.DictReader(f))) == 8
 
 
 def test_bad_evaluations_get_one_line(model_dir, tmp_path, capsys):
@@ -153,6 +165,12 @@ def test_bad_evaluations_get_one_line(model_dir, tmp_path, capsys):
     status, out, err = _evaluate(capsys, '--model', model_dir, *argv)
     assert status == 1 and out == '' and len(err.splitlines()) == 1, err
     assert message in err, err
+  small = sequencer_jax.Sequencer(ARCH, num_classes=3)
+  params = small.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))['params']
+  sequencer_jax.save_model(str(tmp_path / 'three'), sequencer_jax.ModelRecord(ARCH, 3), params)
+  status, _, err = _evaluate(capsys, '--model', tmp_path / 'three', '--eval',
+                             f'imagenet={tmp_path / "a"}')
+  assert status == 1 and 'has 3 classes; the ImageNet suites need an ImageNet-1k head' in err
   with pytest.raises(SystemExit):
     evaluate_command.main(['--model', model_dir, '--eval', 'top1=somewhere'])
   assert 'NAME is one of imagenet, real' in capsys.readouterr().err

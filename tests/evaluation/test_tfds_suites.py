@@ -1,0 +1,60 @@
+"""The suites read from TFDS (mock data in a data_dir laid out by the test, never a download):
+labels in ImageNet-1k indices, ReaL's label sets from `imagenet2012_real`, ImageNet-C configs."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from sequencer_jax.data.folder import DatasetError
+from sequencer_jax.evaluation import metrics, suites
+
+
+def _fake_prepared(data_dir, name, splits):
+  builder = tfds.builder(name, data_dir=data_dir)
+  builder.info.set_splits(tfds.core.SplitDict([
+      tfds.core.SplitInfo(name=k, shard_lengths=[v], num_bytes=0) for k, v in splits.items()]))
+  os.makedirs(builder.data_dir, exist_ok=True)
+  builder.info.write_to_directory(builder.data_dir)
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+  for name, split in [('imagenet_a', 'test'), ('imagenet2012_real', 'validation'),
+                      ('imagenet2012_corrupted/fog_2', 'validation')]:
+    _fake_prepared(str(tmp_path), name, {split: 6})
+  with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_FILES,
+                              data_dir=str(tmp_path)):
+    yield str(tmp_path)
+
+
+def _rows(name, split, data_dir, keys):
+  dataset = tfds.builder(name, data_dir=data_dir).as_dataset(split=split, shuffle_files=False)
+  return [{k: row[k] for k in keys} for row in dataset.as_numpy_iterator()]
+
+
+def test_tfds_suites(data_dir):
+  a = suites.open_eval('a', 'imagenet_a', 'imagenet_a', None, data_dir)
+  assert a.classes == tuple(sorted(a.classes)) and len(a.classes) == 200
+  labels = [int(r['label']) for r in _rows('imagenet_a', 'test', data_dir, ['label'])]
+  metric = a.new_metric()
+  assert list(metric.labels) == labels  # TFDS's labels are already ImageNet-1k indices.
+
+  real = suites.open_eval('r', 'real', 'imagenet2012_real', None, data_dir)
+  sets = [tuple(int(c) for c in r['real_label'])
+          for r in _rows('imagenet2012_real', 'validation', data_dir, ['real_label'])]
+  assert real.new_metric().label_sets == [frozenset(s) for s in sets]
+
+  c = suites.open_eval('c', 'imagenet_c', 'imagenet2012_corrupted/fog_2', None, data_dir)
+  metric = c.new_metric()
+  metric.update(np.tile(np.arange(5), (6, 1)), np.arange(6))
+  result = metric.result()
+  assert list(result['corruptions']) == ['fog'] and result['mce'] is None
+  assert result['corruptions']['fog']['top1_by_severity'] == {2: pytest.approx(
+      np.mean(np.asarray(metric.labels) == 0))}
+  with pytest.raises(DatasetError, match='one per --eval'):
+    suites.open_eval('c', 'imagenet_c', 'imagenet2012_corrupted', None, data_dir)
+  assert metrics.CORRUPTIONS.index('fog') == 9
