@@ -5,7 +5,7 @@ class indices, with the metric its paper defines.
 |---|---|---|---|
 | imagenet | `<wnid>/*` | imagenet2012:validation | top-1/top-5 |
 | real | ILSVRC2012_val_*.JPEG (flat or in `<wnid>/`) | imagenet2012_real:validation | ReaL |
-| imagenet_v2, imagenet_sketch | `<wnid>/*` | imagenet_v2:test, imagenet_sketch:test | top-1/top-5 |
+| imagenet_v2, imagenet_sketch | `<wnid>/*` (V2: `<0..999>/*`) | imagenet_v2, imagenet_sketch:test | top-1/5 |
 | imagenet_a, imagenet_r | `<wnid>/*`, 200 of them | imagenet_a:test, imagenet_r:test | top-1/5 of 200 |
 | imagenet_c | `<corruption>/<severity>/<wnid>/*` | imagenet2012_corrupted/<c>_<s>:validation | CE, mCE |
 
@@ -53,9 +53,13 @@ def _wnid_index() -> dict[str, int]:
 
 
 def _wnid_folder(root: str, allowed: tuple[str, ...] | None = None) -> FolderSplit:
-  """`root/<wnid>/...` with labels in ImageNet-1k indices; other folder names are an error."""
+  """`root/<wnid>/...` with labels in ImageNet-1k indices; other folder names are an error.
+
+  ImageNetV2's tars name the folders by class index (0..999) instead: read as such."""
   split = folder.list_split(os.path.dirname(root), os.path.basename(root))
   index = _wnid_index()
+  if allowed is None and all(c.isdigit() and int(c) < 1000 for c in split.classes):
+    index = {c: int(c) for c in split.classes}
   unknown = [c for c in split.classes if c not in (allowed or index)]
   if unknown:
     what = 'the set\'s 200 classes' if allowed else 'ImageNet-1k WordNet ids'
