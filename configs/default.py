@@ -31,6 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.train_split = 'train'
   config.data.image_size = 224  # --img-size
   config.data.crop_pct = 0.875  # --crop-pct (evaluation)
+  # Images whose header declares more pixels are skipped undecoded and named (PIL's limit).
+  config.data.max_pixels = 89_478_485
 
   config.aug = ml_collections.ConfigDict()
   config.aug.scale = (0.08, 1.0)  # --scale

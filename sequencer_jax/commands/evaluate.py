@@ -24,6 +24,7 @@ import numpy as np
 
 from sequencer_jax import pretrained
 from sequencer_jax.data import cpu_only
+from sequencer_jax.data.image_header import MAX_PIXELS
 from sequencer_jax.data.folder import DatasetError
 from sequencer_jax.evaluation import runner, suites
 from sequencer_jax.models import abstract_params
@@ -57,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--format', choices=('table', 'json'), default='table')
   p.add_argument('--results-file', help='append one CSV row per evaluation to this file')
   p.add_argument('--data-dir', help='the TFDS data_dir')
+  p.add_argument('--max-pixels', type=int, default=MAX_PIXELS,
+                 help=f'skip images whose header claims more pixels (default {MAX_PIXELS:,})')
   return p
 
 
@@ -90,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
   names = [name for name, _, _ in args.evals]
   if len(set(names)) != len(names):
     parser.error('each NAME may be given once')
-  if args.batch_size < 1:
-    parser.error('--batch-size must be positive')
+  if args.batch_size < 1 or args.max_pixels < 1:
+    parser.error('--batch-size and --max-pixels must be positive')
   logging.getLogger('absl').setLevel(logging.ERROR)  # orbax's notes on read-only managers.
   cpu_only.keep_tensorflow_on_the_cpu()
   mesh = sharding.make_mesh()
@@ -114,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     step = runner.make_predict_step(model, mesh=mesh, params_sharding=params_sharding,
                                     classes=eval_set.classes)
     results[eval_set.name] = runner.run_eval(step, params, eval_set, batch_size=args.batch_size,
-                                             data_config=record.data_config, mesh=mesh)
+                                             data_config=record.data_config, mesh=mesh,
+                                             max_pixels=args.max_pixels)
   datasets = {name: dataset + (f':{split}' if split else '') for name, dataset, split in args.evals}
   if args.results_file:
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables['params']))

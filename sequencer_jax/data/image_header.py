@@ -2,7 +2,7 @@
 
 A 1 MB PNG can claim 20000 x 20000 pixels and decode to 1.2 GB. `header_size` reads the height
 and width that JPEG, PNG, GIF, BMP and WebP files declare, in TensorFlow ops (usable inside
-tf.data), without decoding a pixel; `within_pixel_limit` compares them with a limit.
+tf.data), without decoding a pixel; `refuse_over_limit` stops an image over a limit.
 """
 
 from __future__ import annotations
@@ -69,8 +69,13 @@ def header_size(encoded: tf.Tensor) -> tf.Tensor:
   ], default=lambda: tf.constant([-1, -1], tf.int64))
 
 
-def within_pixel_limit(encoded: tf.Tensor, max_pixels: int = MAX_PIXELS) -> tf.Tensor:
-  """Whether the declared height x width is at most `max_pixels` (True for unknown formats,
-  which the decoder then refuses)."""
+def refuse_over_limit(encoded: tf.Tensor, max_pixels: int = MAX_PIXELS) -> tf.Tensor:
+  """`encoded`, once its header is checked: an image declaring more than `max_pixels` pixels
+  raises InvalidArgumentError instead, before anything decodes it (tf.data pipelines then skip
+  and name it as they do an undecodable file). Unknown formats pass, for the decoder to refuse."""
   size = header_size(encoded)
-  return size[0] * size[1] <= max_pixels
+  check = tf.debugging.assert_less_equal(
+      size[0] * size[1], tf.constant(max_pixels, tf.int64),
+      message=f'the image header declares more than {max_pixels:,} pixels; not decoded')
+  with tf.control_dependencies([check]):
+    return tf.identity(encoded)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import tensorflow as tf
 
-from sequencer_jax.data import color_jitter, randaugment, transforms
+from sequencer_jax.data import color_jitter, image_header, randaugment, transforms
 from sequencer_jax.data.folder import DatasetError
 from sequencer_jax.data.sources import Source
 from sequencer_jax.models.data_config import DataConfig
@@ -141,8 +141,8 @@ class _Batches:
       if name in self.skipped:  # Seen again in the second pass of a training epoch.
         continue
       self.skipped.append(name)
-      log.warning('skipped an image that cannot be decoded: %s (%d skipped so far)', name,
-                  len(self.skipped))
+      log.warning('skipped an image that cannot be decoded or is over the pixel limit: %s '
+                  '(%d skipped so far)', name, len(self.skipped))
     self._next_position = max(self._next_position, position + 1)
 
 
@@ -161,11 +161,13 @@ def steps_per_epoch(source: Source, global_batch: int, process_count: int) -> in
 
 def train_batches(source: Source, *, global_batch: int, image_size: int,
                   augment: TrainAugment, seed: int, epoch: int, start_step: int = 0,
-                  process_index: int = 0, process_count: int = 1) -> _Batches:
+                  process_index: int = 0, process_count: int = 1,
+                  max_pixels: int = image_header.MAX_PIXELS) -> _Batches:
   """This process's batches of training epoch `epoch` from step `start_step` on.
 
   Yields {'image': float32 (b, size, size, 3), 'label': int32 (b,)} with b = global_batch /
-  process_count, for exactly `steps_per_epoch - start_step` steps on every process.
+  process_count, for exactly `steps_per_epoch - start_step` steps on every process. Images
+  whose header declares more than `max_pixels` pixels are skipped undecoded, and named.
   """
   steps = steps_per_epoch(source, global_batch, process_count)
   if not 0 <= start_step < steps:
@@ -175,7 +177,8 @@ def train_batches(source: Source, *, global_batch: int, image_size: int,
   base = tf.constant([seed, epoch * process_count + process_index], tf.int64)
 
   def example(position, record):
-    image = train_transform(record['image'], _fold(base, position), image_size, augment)
+    encoded = image_header.refuse_over_limit(record['image'], max_pixels)
+    image = train_transform(encoded, _fold(base, position), image_size, augment)
     return {'image': image, 'label': record['label'], 'position': position}
 
   records = source.records(process_index, process_count, shuffle_seed=epoch_seed)
@@ -193,11 +196,12 @@ def train_batches(source: Source, *, global_batch: int, image_size: int,
 
 
 def eval_batches(source: Source, *, batch_size: int, data_config: DataConfig,
-                 process_index: int = 0, process_count: int = 1) -> _Batches:
+                 process_index: int = 0, process_count: int = 1,
+                 max_pixels: int = image_header.MAX_PIXELS) -> _Batches:
   """This process's evaluation batches: {'image', 'label', 'mask', 'index'} with b = batch_size /
   process_count, each image through timm's eval transform with `data_config`. `index` is the
   image's index in the whole split (-1 for padding, whose mask is False). Every process runs the
-  same number of batches."""
+  same number of batches. Images over `max_pixels` are skipped undecoded, and named."""
   if batch_size % process_count:
     raise ValueError(f'the eval batch {batch_size} does not split evenly over {process_count} '
                      f'processes')
@@ -208,7 +212,8 @@ def eval_batches(source: Source, *, batch_size: int, data_config: DataConfig,
   size = data_config.input_size
 
   def example(position, record):
-    image = transforms.eval_transform(transforms.decode_rgb(record['image']), data_config)
+    encoded = image_header.refuse_over_limit(record['image'], max_pixels)
+    image = transforms.eval_transform(transforms.decode_rgb(encoded), data_config)
     return {'image': image, 'label': record['label'], 'mask': True, 'position': position,
             'index': tf.cast(start + position, tf.int32)}
 

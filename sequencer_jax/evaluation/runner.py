@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from sequencer_jax.data import pipeline
+from sequencer_jax.data import image_header, pipeline
 from sequencer_jax.evaluation.suites import EvalSet
 from sequencer_jax.models import DataConfig
 from sequencer_jax.train import sharding
@@ -36,11 +36,13 @@ def make_predict_step(model: nn.Module, *, mesh: Mesh, params_sharding: Any,
 
 
 def run_eval(predict_step: Callable[[Any, dict], dict], params: Any, eval_set: EvalSet, *,
-             batch_size: int, data_config: DataConfig, mesh: Mesh) -> dict[str, Any]:
-  """The metric of `eval_set` over all its images, and `skipped`: images that could not be read."""
+             batch_size: int, data_config: DataConfig, mesh: Mesh,
+             max_pixels: int = image_header.MAX_PIXELS) -> dict[str, Any]:
+  """The metric of `eval_set` over all its images, and `skipped`: images that could not be read
+  (or were over `max_pixels`)."""
   batches = pipeline.eval_batches(eval_set.source, batch_size=batch_size,
                                   data_config=data_config, process_index=jax.process_index(),
-                                  process_count=jax.process_count())
+                                  process_count=jax.process_count(), max_pixels=max_pixels)
   metric = eval_set.new_metric()
   for batch in batches:
     out = jax.device_get(predict_step(params, sharding.global_batch(batch, mesh)))

@@ -26,11 +26,12 @@ ACCURACY = 'accuracy'
 
 
 def evaluate(eval_step, params: Any, source: sources.Source, batch_size: int,
-             data_config: DataConfig, mesh: jax.sharding.Mesh) -> dict[str, float]:
+             data_config: DataConfig, mesh: jax.sharding.Mesh,
+             max_pixels: int) -> dict[str, float]:
   """Top-1, top-5 and loss over the whole split: every image counted exactly once."""
   batches = pipeline.eval_batches(source, batch_size=batch_size, data_config=data_config,
                                   process_index=jax.process_index(),
-                                  process_count=jax.process_count())
+                                  process_count=jax.process_count(), max_pixels=max_pixels)
   totals = None
   for batch in batches:
     sums = eval_step(params, sharding.global_batch(batch, mesh))
@@ -54,6 +55,7 @@ class Evaluations:
       raise ConfigError(f'config.best_eval {config.best_eval!r} is not one of config.evals '
                         f'({", ".join(config.evals)})')
     self.model, self.mesh, self.batch_size = model, mesh, config.eval_batch_size
+    self.max_pixels = config.data.max_pixels
     self.data_config = DataConfig(config.data.image_size, config.data.crop_pct)
     self._targets: dict[str, sources.Source | suites.EvalSet] = {}
     self._steps: dict[str, Any] = {}
@@ -89,10 +91,11 @@ class Evaluations:
       step = self._step(name, params_sharding)
       if isinstance(target, suites.EvalSet):
         results[name] = runner.run_eval(step, params, target, batch_size=self.batch_size,
-                                        data_config=self.data_config, mesh=self.mesh)
+                                        data_config=self.data_config, mesh=self.mesh,
+                                        max_pixels=self.max_pixels)
       else:
         results[name] = evaluate(step, params, target, self.batch_size, self.data_config,
-                                 self.mesh)
+                                 self.mesh, self.max_pixels)
     return results
 
 

@@ -125,11 +125,15 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _write_config(config: ml_collections.ConfigDict, workdir: str, step: int) -> None:
-  """Saves the resolved config; a resumed run with a changed config gets a second file."""
+def _write_config(config: ml_collections.ConfigDict, workdir: str, step: int,
+                  learning_rate: float) -> None:
+  """Saves the resolved config, with the peak learning rate actually used (after any batch
+  scaling) as `resolved.learning_rate`; a resumed run with a changed config gets a second file."""
   if jax.process_index() != 0:
     return
-  text = config.to_json_best_effort(indent=2, sort_keys=True)
+  resolved = json.loads(config.to_json_best_effort())
+  resolved['resolved'] = {'learning_rate': learning_rate}
+  text = json.dumps(resolved, indent=2, sort_keys=True)
   path = os.path.join(workdir, 'config.json')
   if os.path.exists(path):
     with open(path) as f:
@@ -254,12 +258,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if resume:
       logger.info('resumed from %s at step %d', checkpoints.latest.directory, int(state.step))
     step = int(state.step)
-    _write_config(config, workdir, step)
+    _write_config(config, workdir, step, schedule_cfg.lr)
     _write_model_record(model_record(config, model, train_source), workdir)
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
     logger.info('%s: %s parameters; %d steps per epoch, %d epochs, %d steps; %d devices, '
                 '%d processes', config.model.name, f'{n_params:,}', steps_per_epoch,
                 optim.total_epochs(schedule_cfg), total_steps, mesh.size, count)
+    o = config.optim
+    logger.info('peak learning rate %.6g: %s at global batch %d%s', schedule_cfg.lr, o.lr,
+                config.global_batch_size,
+                f', scaled linearly from the reference batch {o.reference_batch}'
+                if o.scale_lr_with_batch and config.global_batch_size != o.reference_batch
+                else ' (not scaled)')
     update = train_step.make_train_step(
         model, optimizer, mixup=mixup_config(config), label_smoothing=config.aug.smoothing,
         grad_accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay, mesh=mesh,
@@ -277,7 +287,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         batches = pipeline.train_batches(
             train_source, global_batch=config.global_batch_size,
             image_size=config.data.image_size, augment=augment, seed=config.seed, epoch=epoch,
-            start_step=start, process_index=index, process_count=count)
+            start_step=start, process_index=index, process_count=count,
+            max_pixels=config.data.max_pixels)
         for batch in batches:
           state, step_metrics = update(state, sharding.global_batch(batch, mesh))
           step += 1

@@ -44,7 +44,9 @@ def test_train_resume_and_evaluate(dataset, whole_run, tmp_path, monkeypatch):
   assert [l['step'] for l in lines if l['kind'] == 'eval/val'] == [3, 6]
   assert all(np.isfinite(l['loss']) for l in lines)
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(whole))
-  assert json.load(open(os.path.join(whole, 'config.json')))['global_batch_size'] == 16
+  written = json.load(open(os.path.join(whole, 'config.json')))
+  assert written['global_batch_size'] == 16
+  assert written['resolved'] == {'learning_rate': config.optim.lr}  # The demo does not scale.
 
   # A real SIGTERM after a random step, then started again: the same final parameters, bit for
   # bit (the data pipeline is a pure function of the step; the RNG is in the state).
