@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import random
 
 import numpy as np
@@ -21,6 +20,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 import torch
 from PIL import Image
+from tfds_prepared import fake_prepared
 from timm.data import random_erasing as timm_erasing
 from timm.data import transforms as timm_transforms
 
@@ -263,18 +263,9 @@ def test_tfds_source_not_prepared_fails_fast_with_instructions(tmp_path):
     sources.open_source(str(tmp_path / 'missing'), 'train')
 
 
-def _fake_prepared(data_dir, name, splits):
-  """Writes dataset_info.json for `name` so that it reads as prepared; mock_data fills the rest."""
-  builder = tfds.builder(name, data_dir=data_dir)
-  builder.info.set_splits(tfds.core.SplitDict([
-      tfds.core.SplitInfo(name=k, shard_lengths=[v], num_bytes=0) for k, v in splits.items()]))
-  os.makedirs(builder.data_dir, exist_ok=True)
-  builder.info.write_to_directory(builder.data_dir)
-
-
 def test_tfds_sources_read_mock_data_through_the_pipeline(tmp_path):
-  _fake_prepared(str(tmp_path), 'cifar10', {'train': 13, 'test': 5})
-  _fake_prepared(str(tmp_path), 'oxford_flowers102', {'train': 7, 'validation': 6, 'test': 9})
+  fake_prepared(str(tmp_path), 'cifar10', {'train': 13, 'test': 5})
+  fake_prepared(str(tmp_path), 'oxford_flowers102', {'train': 7, 'validation': 6, 'test': 9})
   with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_FILES,
                               data_dir=str(tmp_path)):
     cifar = sources.open_source('cifar10', 'train', str(tmp_path))

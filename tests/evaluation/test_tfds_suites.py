@@ -3,29 +3,20 @@ labels in ImageNet-1k indices, ReaL's label sets from `imagenet2012_real`, Image
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from tfds_prepared import fake_prepared
 
 from sequencer_jax.data.folder import DatasetError
 from sequencer_jax.evaluation import metrics, suites
-
-
-def _fake_prepared(data_dir, name, splits):
-  builder = tfds.builder(name, data_dir=data_dir)
-  builder.info.set_splits(tfds.core.SplitDict([
-      tfds.core.SplitInfo(name=k, shard_lengths=[v], num_bytes=0) for k, v in splits.items()]))
-  os.makedirs(builder.data_dir, exist_ok=True)
-  builder.info.write_to_directory(builder.data_dir)
 
 
 @pytest.fixture
 def data_dir(tmp_path):
   for name, split in [('imagenet_a', 'test'), ('imagenet2012_real', 'validation'),
                       ('imagenet2012_corrupted/fog_2', 'validation')]:
-    _fake_prepared(str(tmp_path), name, {split: 6})
+    fake_prepared(str(tmp_path), name, {split: 6})
   with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_FILES,
                               data_dir=str(tmp_path)):
     yield str(tmp_path)
