@@ -36,6 +36,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from sequencer_jax.data.device_augment import DeviceAugment  # noqa: E402
 from sequencer_jax.data.mixup import MixupConfig  # noqa: E402
 from sequencer_jax.models import (Sequencer, abstract_params, create_model, list_models,  # noqa: E402
                                   model_info)
@@ -102,8 +103,8 @@ def jax_benchmark(name: str, image_size: int, dtype: str, mode: str, batch: int,
                        drop_path_rate=DROP_PATH_RATE if mode == 'train' else 0.0)
   variables = random_params(model)
   rng = np.random.default_rng(1)
-  images = rng.normal(size=(batch, image_size, image_size, 3)).astype(np.float32)
   if mode == 'infer':
+    images = rng.normal(size=(batch, image_size, image_size, 3)).astype(np.float32)
     apply = jax.jit(model.apply)
     images = jnp.asarray(images)
     return time_steps(lambda: apply(variables, images), jax.block_until_ready, warmup, steps)
@@ -111,9 +112,11 @@ def jax_benchmark(name: str, image_size: int, dtype: str, mode: str, batch: int,
   optimizer = optim.create_optimizer(optim.learning_rate_schedule(optim.ScheduleConfig(), 1000))
   state, shardings = create_train_state(model, optimizer, image_size=image_size, seed=0,
                                         mesh=mesh, params=variables['params'])
-  mixup = MixupConfig(num_classes=model.num_classes)
-  update = make_train_step(model, optimizer, mixup=mixup, label_smoothing=mixup.label_smoothing,
-                           mesh=mesh, state_shardings=shardings)
+  # The paper's: Mixup/CutMix per group of 256, smoothing 0.1, erasing 0.25, on uint8 images.
+  augment = DeviceAugment(model.num_classes, mixup=MixupConfig(num_classes=model.num_classes))
+  update = make_train_step(model, optimizer, augment=augment, mesh=mesh,
+                           state_shardings=shardings)
+  images = rng.integers(0, 256, (batch, image_size, image_size, 3), np.uint8)
   data = sharding.global_batch({'image': images, 'label': rng.integers(0, 1000, batch)}, mesh)
   current = [state]
 

@@ -2,21 +2,23 @@
 
   python -m benchmarks.pipeline_speed --num-images 256 --repeats 5
 
-Both pipelines read every file from disk on every pass (the OS page cache serves both alike) and
-run the paper's augmentation on it: decode, RandomResizedCrop(224, scale (0.08, 1), ratio (3/4,
-4/3), random bilinear/bicubic), horizontal flip, RandAugment rand-m9-mstd0.5-inc1, normalise,
-RandomErasing(0.25, pixel). Ours runs on one core (a private one-thread tf.data pool, one map
-call at a time) and on all cores (AUTOTUNE); timm's runs in this process with one torch thread,
-which is one core, as one DataLoader worker is. Each configuration runs one untimed pass (tracing,
-warm caches), then `--repeats` timed passes; the median pass gives images/s, and the process CPU
-time of that pass gives images per CPU-second (less sensitive to other load on the machine). A
-breakdown of ours (decode + crop, + RandAugment, full) shows where the time goes.
+Both pipelines read every file from disk on every pass (the OS page cache serves both alike) and run
+the paper's host-side augmentation on it, as the original's loader with its prefetcher ran it:
+decode, RandomResizedCrop(224, scale (0.08, 1), ratio (3/4, 4/3), random bilinear/bicubic),
+horizontal flip, RandAugment rand-m9-mstd0.5-inc1, to uint8 arrays (normalisation, Mixup/CutMix and
+RandomErasing follow on the accelerator, in both: timm's prefetcher, our train step). Ours runs on
+one core (a private one-thread tf.data pool, one map call at a time) and on all cores (AUTOTUNE);
+timm's runs in this process with one torch thread, which is one core, as one DataLoader worker is.
+Each configuration runs one untimed pass (tracing, warm caches), then `--repeats` timed passes; the
+median pass gives images/s, and the process CPU time of that pass gives images per CPU-second (less
+sensitive to other load on the machine). A breakdown of ours (decode + crop, full) shows where the
+time goes.
 
-torchvision is not needed: timm's own crop sampling, RandAugment and RandomErasing run as they
-are, and the few torchvision steps between them are the PIL/torch calls torchvision makes for PIL
-images (listed in EMULATED). Without `--data-dir`, `--num-images` JPEGs of ImageNet-like sizes and
-content are generated into a temporary directory. The run ends with one table, the ratio of ours
-to timm per core, and one JSON line holding every figure.
+torchvision is not needed: timm's own crop sampling and RandAugment run as they are, and the few
+torchvision steps between them are the PIL/torch calls torchvision makes for PIL images (listed in
+EMULATED). Without `--data-dir`, `--num-images` JPEGs of ImageNet-like sizes and content are
+generated into a temporary directory. The run ends with one table, the ratio of ours to timm per
+core, and one JSON line holding every figure.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from sequencer_jax.data import pipeline  # noqa: E402
-from sequencer_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from sequencer_jax.models.data_config import IMAGENET_MEAN  # noqa: E402
 from tools.torchvision_stand_in import import_timm  # noqa: E402
 
 GOAL_IMAGES_PER_S_PER_CORE = 250.0
@@ -55,16 +57,14 @@ FIELD_SCALES = ((4, 60.0), (12, 35.0), (40, 30.0), (120, 30.0), (250, 25.0))
 JPEG_SUFFIXES = ('.jpg', '.jpeg')
 # Breakdown of ours: each stage is the paper's TrainAugment with the later steps switched off.
 STAGES = {
-    'decode+crop+norm': {'hflip': 0.0, 'auto_augment': None, 'color_jitter': 0.0, 'reprob': 0.0},
-    '+flip+RandAugment': {'reprob': 0.0},
+    'decode+crop': {'hflip': 0.0, 'auto_augment': None, 'color_jitter': 0.0},
     'full': {},
 }
 EMULATED = (
     "Image.open(path).convert('RGB') (timm's ImageDataset loader, inlined)",
     'F.resized_crop: img.crop((j, i, j + w, i + h)).resize((224, 224), interpolation)',
     'RandomHorizontalFlip: torch.rand(1) < p -> img.transpose(FLIP_LEFT_RIGHT)',
-    'ToTensor: from_numpy(np.array(img)).permute(2, 0, 1).contiguous().float().div(255)',
-    'Normalize: tensor.clone().sub_(mean).div_(std)',
+    "ToNumpy (the prefetcher's loader): np.array(img, uint8) -> (3, H, W)",
     "F.get_image_size (inside timm's get_params): img.size",
 )
 
@@ -141,12 +141,12 @@ def _timm_get_params() -> Callable:
 
 
 def timm_transform(image_size: int,
-                   augment: pipeline.TrainAugment) -> Callable[[Path], torch.Tensor]:
-  """timm's `transforms_imagenet_train` for `augment`, path in, float32 (3, size, size) out."""
+                   augment: pipeline.TrainAugment) -> Callable[[Path], np.ndarray]:
+  """timm's `transforms_imagenet_train(..., use_prefetcher=True)` for `augment`: path in, uint8
+  (3, size, size) out."""
   import_timm()
   from timm.data import transforms as timm_transforms
   from timm.data.auto_augment import rand_augment_transform
-  from timm.data.random_erasing import RandomErasing
   if augment.auto_augment is None and augment.color_jitter > 0:
     raise NotImplementedError("torchvision's ColorJitter is not emulated")
   crop = timm_transforms.RandomResizedCropAndInterpolation(image_size, augment.scale,
@@ -164,12 +164,8 @@ def timm_transform(image_size: int,
     if augment.interpolation != 'random':
       hparams['interpolation'] = timm_transforms.str_to_pil_interp(augment.interpolation)
     rand_augment = rand_augment_transform(augment.auto_augment, hparams)
-  erase = (RandomErasing(augment.reprob, mode=augment.remode, max_count=augment.recount,
-                         device='cpu') if augment.reprob > 0 else None)
-  mean = torch.tensor(IMAGENET_MEAN).view(-1, 1, 1)
-  std = torch.tensor(IMAGENET_STD).view(-1, 1, 1)
 
-  def transform(path: Path) -> torch.Tensor:
+  def transform(path: Path) -> np.ndarray:
     img = Image.open(path).convert('RGB')
     i, j, h, w = get_params(img, crop.scale, crop.ratio)
     img = img.crop((j, i, j + w, i + h))
@@ -179,9 +175,8 @@ def timm_transform(image_size: int,
       img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if rand_augment is not None:
       img = rand_augment(img)
-    tensor = torch.from_numpy(np.array(img, np.uint8, copy=True)).permute(2, 0, 1).contiguous()
-    tensor = tensor.to(torch.float32).div(255).clone().sub_(mean).div_(std)
-    return erase(tensor) if erase is not None else tensor
+    array = np.array(img, np.uint8)
+    return np.rollaxis(array, 2) if array.ndim == 3 else array[None]  # timm's ToNumpy.
 
   return transform
 

@@ -49,6 +49,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.aug.cutmix = 1.0  # --cutmix
   config.aug.mixup_prob = 1.0  # --mixup-prob
   config.aug.mixup_switch_prob = 0.5  # --mixup-switch-prob
+  # Images per Mixup/CutMix draw: the original's per-GPU batch (-b 256), whatever the devices.
+  config.aug.mixup_group_size = 256
   config.aug.smoothing = 0.1  # --smoothing
 
   config.optim = ml_collections.ConfigDict()

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import optax
 
+from sequencer_jax.data.device_augment import DeviceAugment
 from sequencer_jax.data.mixup import MixupConfig
 from sequencer_jax.models import Sequencer, SequencerArch, abstract_params
 from sequencer_jax.train.sharding import global_batch, make_mesh
@@ -46,7 +47,7 @@ def random_params(model: Sequencer, seed: int) -> dict:
 def batches(seed: int) -> list[dict[str, np.ndarray]]:
   """`STEPS` random global batches of images and labels."""
   rng = np.random.default_rng(seed)
-  return [{'image': rng.standard_normal((BATCH, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32),
+  return [{'image': rng.integers(0, 256, (BATCH, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8),
            'label': rng.integers(0, NUM_CLASSES, BATCH).astype(np.int32)} for _ in range(STEPS)]
 
 
@@ -67,8 +68,9 @@ def run(num_devices: int, fsdp: bool) -> dict[str, np.ndarray]:
   state, shardings = create_train_state(
       model, optimizer, image_size=IMAGE_SIZE, seed=0, mesh=mesh, fsdp=fsdp,
       fsdp_min_size=FSDP_MIN_SIZE, params=random_params(model, seed=0))
-  step = make_train_step(model, optimizer, mixup=MixupConfig(NUM_CLASSES), label_smoothing=0.1,
-                         mesh=mesh, state_shardings=shardings)
+  # Mixup per group of 8 and erasing, in the step: the same on any number of devices.
+  augment = DeviceAugment(NUM_CLASSES, mixup=MixupConfig(NUM_CLASSES), group_size=8)
+  step = make_train_step(model, optimizer, augment=augment, mesh=mesh, state_shardings=shardings)
   metrics = []
   for batch in batches(seed=1):
     state, m = step(state, global_batch(batch, mesh))

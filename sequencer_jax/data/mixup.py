@@ -48,7 +48,10 @@ def cutmix_box(height: int, width: int, lam: jax.Array, cy: jax.Array,
 def mix_with_reversed(images: jax.Array, labels: jax.Array, use_cutmix: jax.Array,
                       lam: jax.Array, cy: jax.Array, cx: jax.Array, num_classes: int,
                       smoothing: float) -> tuple[jax.Array, jax.Array]:
-  """The deterministic part: mix NHWC `images` with the reversed batch; returns soft targets."""
+  """The deterministic part: mix NHWC `images` with the reversed batch; returns soft targets.
+
+  Integer (uint8) images are mixed as timm's FastCollateMixup mixes them: in float32, rounded
+  half to even back to their type."""
   _, height, width, _ = images.shape
   reversed_images = images[::-1]
   y0, y1, x0, x1 = cutmix_box(height, width, lam, cy, cx)
@@ -57,7 +60,10 @@ def mix_with_reversed(images: jax.Array, labels: jax.Array, use_cutmix: jax.Arra
   box = (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
   cut = jnp.where(box[None, :, :, None], reversed_images, images)
   lam_cut = 1.0 - ((y1 - y0) * (x1 - x0)).astype(jnp.float32) / (height * width)
-  mixed = (lam * images + (1.0 - lam) * reversed_images).astype(images.dtype)
+  mixed = lam * images + (1.0 - lam) * reversed_images
+  if jnp.issubdtype(images.dtype, jnp.integer):  # FastCollateMixup rounds back to uint8.
+    mixed = jnp.round(mixed)
+  mixed = mixed.astype(images.dtype)
   images = jnp.where(use_cutmix, cut, mixed)
   lam = jnp.where(use_cutmix, lam_cut, lam)
   targets = smooth_one_hot(labels, num_classes, smoothing)

@@ -42,18 +42,11 @@ class TrainAugment:
   hflip: float = 0.5  # --hflip
   auto_augment: str | None = 'rand-m9-mstd0.5-inc1'  # --aa (None: off)
   color_jitter: float = 0.4  # --color-jitter (used only when auto_augment is None)
-  reprob: float = 0.25  # --reprob
-  remode: str = 'pixel'  # --remode
-  recount: int = 1  # --recount
   fused_decode: bool = True  # (no timm flag) decode only the crop window of JPEGs
 
   def __post_init__(self):
-    if self.remode != 'pixel':
-      raise ValueError(f"remode {self.remode!r} is not supported; only 'pixel' (the paper's)")
-    if self.recount != 1:
-      raise ValueError(f'recount {self.recount} is not supported; only 1 (the paper\'s)')
-    if not 0.0 <= self.hflip <= 1.0 or not 0.0 <= self.reprob <= 1.0:
-      raise ValueError(f'hflip {self.hflip} and reprob {self.reprob} must be in [0, 1]')
+    if not 0.0 <= self.hflip <= 1.0:
+      raise ValueError(f'hflip {self.hflip} must be in [0, 1]')
     if self.auto_augment is not None:
       randaugment.parse_rand_augment(self.auto_augment)
 
@@ -74,9 +67,10 @@ def _fold(seed: tf.Tensor, *values) -> tf.Tensor:
 
 def train_transform(encoded: tf.Tensor, seed: tf.Tensor, size: int,
                     augment: TrainAugment) -> tf.Tensor:
-  """One training image: decode + RandomResizedCrop, flip, RandAugment or colour jitter,
-  normalise, RandomErasing. Encoded bytes in, float32 (size, size, 3) out."""
-  crop, flip, colour, erase = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
+  """One training image, as timm's loader with its prefetcher yields it: decode +
+  RandomResizedCrop, flip, RandAugment or colour jitter. Encoded bytes in, uint8 (size, size, 3)
+  out; normalisation, Mixup/CutMix and RandomErasing follow in the train step."""
+  crop, flip, colour = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
   image = transforms.decode_random_resized_crop(
       encoded, size, crop, augment.scale, augment.ratio, augment.interpolation,
       augment.fused_decode)
@@ -89,9 +83,6 @@ def train_transform(encoded: tf.Tensor, seed: tf.Tensor, size: int,
   elif augment.color_jitter > 0:
     image = color_jitter.color_jitter(image, colour, augment.color_jitter,
                                       augment.color_jitter, augment.color_jitter)
-  image = transforms.normalize(image)
-  if augment.reprob > 0:
-    image = transforms.random_erasing(image, erase, augment.reprob)
   return image
 
 
@@ -165,7 +156,7 @@ def train_batches(source: Source, *, global_batch: int, image_size: int,
                   max_pixels: int = image_header.MAX_PIXELS) -> _Batches:
   """This process's batches of training epoch `epoch` from step `start_step` on.
 
-  Yields {'image': float32 (b, size, size, 3), 'label': int32 (b,)} with b = global_batch /
+  Yields {'image': uint8 (b, size, size, 3), 'label': int32 (b,)} with b = global_batch /
   process_count, for exactly `steps_per_epoch - start_step` steps on every process. Images
   whose header declares more than `max_pixels` pixels are skipped undecoded, and named.
   """

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
 
 import tensorflow as tf
 
@@ -75,27 +74,19 @@ def _randint(seed: tf.Tensor, high: tf.Tensor) -> tf.Tensor:
 
 def sample_box(attempts: tf.Tensor, place: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
                area_fraction: tuple[float, float], log_aspect: tuple[float, float],
-               box_of: Literal['crop', 'erasing'],
                fallback: Callable[[], tf.Tensor]) -> tf.Tensor:
-  """timm's ten-attempt box sampling: [top, left, h, w] of a box inside the image.
+  """timm's ten-attempt box sampling of RandomResizedCrop: [top, left, h, w] inside the image.
 
-  Ten draws of an area fraction U(area_fraction) and an aspect ratio exp(U(log_aspect)); the
-  first box that fits is placed uniformly (`place`). timm's two users differ in the details:
-  RandomResizedCrop ('crop') reads the ratio as w / h and takes a non-empty box of at most the
-  image; RandomErasing ('erasing') reads it as h / w and takes a box strictly smaller than the
-  image. When no draw fits, `fallback()`.
+  Ten draws of an area fraction U(area_fraction) and an aspect ratio w / h = exp(U(log_aspect));
+  the first non-empty box of at most the image is placed uniformly (`place`). When no draw
+  fits, `fallback()`.
   """
   area_seed, aspect_seed = tf.unstack(tf.random.experimental.stateless_split(attempts, 2))
   target_area = _uniform(area_seed, *area_fraction, (10,)) * tf.cast(height * width, tf.float32)
   aspect = tf.exp(_uniform(aspect_seed, *log_aspect, (10,)))
-  long_side = tf.cast(tf.round(tf.sqrt(target_area * aspect)), tf.int32)
-  short_side = tf.cast(tf.round(tf.sqrt(target_area / aspect)), tf.int32)
-  if box_of == 'crop':
-    ws, hs = long_side, short_side
-    fits = (ws <= width) & (hs <= height) & (ws > 0) & (hs > 0)
-  else:
-    hs, ws = long_side, short_side
-    fits = (ws < width) & (hs < height)
+  ws = tf.cast(tf.round(tf.sqrt(target_area * aspect)), tf.int32)
+  hs = tf.cast(tf.round(tf.sqrt(target_area / aspect)), tf.int32)
+  fits = (ws <= width) & (hs <= height) & (ws > 0) & (hs > 0)
   first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
 
   def placed() -> tf.Tensor:
@@ -125,7 +116,7 @@ def random_resized_crop_window(height: tf.Tensor, width: tf.Tensor, seed: tf.Ten
     return tf.stack([(height - h) // 2, (width - w) // 2, h, w])
 
   return sample_box(attempts, place, height, width, scale,
-                    (math.log(ratio[0]), math.log(ratio[1])), 'crop', fallback)
+                    (math.log(ratio[0]), math.log(ratio[1])), fallback)
 
 
 def resize_to(image: tf.Tensor, size: int, method: tf.Tensor | str) -> tf.Tensor:
@@ -184,29 +175,3 @@ def decode_random_resized_crop(encoded: tf.Tensor, size: int, seed: tf.Tensor,
 def random_flip(image: tf.Tensor, seed: tf.Tensor, prob: float = 0.5) -> tf.Tensor:
   """torchvision's RandomHorizontalFlip(prob)."""
   return tf.cond(_uniform(seed) < prob, lambda: tf.reverse(image, axis=[1]), lambda: image)
-
-
-def random_erasing(image: tf.Tensor, seed: tf.Tensor, prob: float = 0.25,
-                   min_area: float = 0.02, max_area: float = 1 / 3,
-                   min_aspect: float = 0.3) -> tf.Tensor:
-  """timm's RandomErasing in `pixel` mode with one box, on a normalised float image.
-
-  With probability `prob`: up to ten attempts of area fraction U(min_area, max_area) and
-  log-uniform aspect ratio in (min_aspect, 1 / min_aspect); the first box strictly inside the
-  image is placed uniformly and filled with per-pixel N(0, 1) noise; if none fits, no change.
-  """
-  gate, attempts, place, noise = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
-  shape = tf.shape(image)
-  height, width = shape[0], shape[1]
-
-  def erase():
-    top, left, h, w = tf.unstack(sample_box(
-        attempts, place, height, width, (min_area, max_area),
-        (math.log(min_aspect), -math.log(min_aspect)), 'erasing',
-        lambda: tf.zeros([4], tf.int32)))  # No box fits: nothing is erased.
-    rows, cols = tf.range(height)[:, None, None], tf.range(width)[None, :, None]
-    inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
-    fill = tf.random.stateless_normal(shape, noise, dtype=image.dtype)
-    return tf.where(inside, fill, image)
-
-  return tf.cond(_uniform(gate) < prob, erase, lambda: image)

@@ -8,6 +8,7 @@ import jax
 import ml_collections
 import optax
 
+from sequencer_jax.data.device_augment import DeviceAugment
 from sequencer_jax.data.mixup import MixupConfig
 from sequencer_jax.data.pipeline import TrainAugment
 from sequencer_jax.models import Sequencer, create_model
@@ -53,22 +54,31 @@ def build_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
 
 
 def train_augment(config: ml_collections.ConfigDict) -> TrainAugment:
-  """The host-side training augmentation of `config.aug`."""
+  """The host-side training augmentation of `config.aug` (up to uint8 images)."""
   a = config.aug
   return TrainAugment(
       scale=tuple(a.scale), ratio=tuple(a.ratio), interpolation=a.interpolation, hflip=a.hflip,
-      auto_augment=a.auto_augment or None, color_jitter=a.color_jitter, reprob=a.reprob,
-      remode=a.remode, recount=a.recount, fused_decode=a.fused_decode)
+      auto_augment=a.auto_augment or None, color_jitter=a.color_jitter,
+      fused_decode=a.fused_decode)
 
 
-def mixup_config(config: ml_collections.ConfigDict) -> MixupConfig | None:
-  """Mixup/CutMix of `config.aug`, or None when both are off."""
+def device_augment(config: ml_collections.ConfigDict) -> DeviceAugment:
+  """The augmentation of `config.aug` that the train step runs: Mixup/CutMix per group (none
+  when both are off), normalisation, RandomErasing."""
   a = config.aug
-  if a.mixup <= 0 and a.cutmix <= 0:
-    return None
-  return MixupConfig(num_classes=config.model.num_classes, mixup_alpha=a.mixup,
-                     cutmix_alpha=a.cutmix, switch_prob=a.mixup_switch_prob, prob=a.mixup_prob,
-                     label_smoothing=a.smoothing)
+  if a.remode != 'pixel' or a.recount != 1:
+    raise ConfigError(f"config.aug: remode {a.remode!r} and recount {a.recount}: only 'pixel' "
+                      f'and 1 (the paper\'s) are supported')
+  mixup = None
+  if a.mixup > 0 or a.cutmix > 0:
+    mixup = MixupConfig(num_classes=config.model.num_classes, mixup_alpha=a.mixup,
+                        cutmix_alpha=a.cutmix, switch_prob=a.mixup_switch_prob,
+                        prob=a.mixup_prob, label_smoothing=a.smoothing)
+  try:
+    return DeviceAugment(num_classes=config.model.num_classes, label_smoothing=a.smoothing,
+                         mixup=mixup, group_size=a.mixup_group_size, reprob=a.reprob)
+  except ValueError as e:
+    raise ConfigError(f'config.aug: {e}') from None
 
 
 # The config fields that define a run: a checkpoint whose values differ belongs to another run.

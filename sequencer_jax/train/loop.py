@@ -28,8 +28,9 @@ from sequencer_jax.labels import readable_names
 from sequencer_jax.models import DataConfig, Sequencer, abstract_params, replace_head
 from sequencer_jax.train import optim, sharding, step as train_step
 from sequencer_jax.train.checkpoints import CheckpointError, TrainCheckpoints
-from sequencer_jax.train.config import (ConfigError, build_model, build_optimizer, mixup_config,
-                                        run_record, schedule_config, train_augment)
+from sequencer_jax.train.config import (ConfigError, build_model, build_optimizer,
+                                        device_augment, run_record, schedule_config,
+                                        train_augment)
 from sequencer_jax.train.evaluations import Evaluations, scalars
 from sequencer_jax.train.run_log import RunLog, log
 from sequencer_jax.train.state import TrainState, create_train_state
@@ -243,6 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   schedule_cfg = schedule_config(config)
   total_steps = optim.total_epochs(schedule_cfg) * steps_per_epoch
   optimizer, schedule = build_optimizer(config, steps_per_epoch)
+  augment, step_augment = train_augment(config), device_augment(config)  # Host, then the step.
   checkpoints = TrainCheckpoints(workdir, run_record(config), config.keep_checkpoints)
   with contextlib.ExitStack() as cleanup:  # Closed on every way out, errors included.
     cleanup.callback(checkpoints.close)
@@ -271,10 +273,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 if o.scale_lr_with_batch and config.global_batch_size != o.reference_batch
                 else ' (not scaled)')
     update = train_step.make_train_step(
-        model, optimizer, mixup=mixup_config(config), label_smoothing=config.aug.smoothing,
+        model, optimizer, augment=step_augment,
         grad_accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay, mesh=mesh,
         state_shardings=state_shardings)
-    augment = train_augment(config)
     preemption = _Preemption()
     cleanup.callback(preemption.restore)
     progress = logger.progress(total_steps, config.log_every_steps)

@@ -1,8 +1,9 @@
 """The jitted train and eval steps, on a 'data' mesh (see `sharding.py`).
 
 big_vision's design: the step is one `jax.jit` over the global batch, donating the old state,
-with the randomness derived from the state's key folded with the step. Mixup / CutMix see the
-whole global batch, so the result does not depend on the number of devices.
+with the randomness derived from the state's key folded with the step. The augmentation sees
+the whole global batch (Mixup/CutMix in fixed groups of consecutive images), so the result does
+not depend on the number of devices.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sequencer_jax.data.mixup import MixupConfig, mixup_cutmix, smooth_one_hot
+from sequencer_jax.data.device_augment import DeviceAugment, augment_batch
 from sequencer_jax.models import Sequencer
 from sequencer_jax.train.sharding import DATA, data_sharding, replicated
 from sequencer_jax.train.state import TrainState
@@ -68,24 +69,22 @@ def _ema(ema: Any, params: Any, decay: float) -> Any:
 
 
 def make_train_step(model: Sequencer, optimizer: optax.GradientTransformation, *,
-                    mixup: MixupConfig | None, label_smoothing: float,
-                    grad_accum_steps: int = 1, ema_decay: float | None = None, mesh: Mesh,
-                    state_shardings: TrainState
+                    augment: DeviceAugment, grad_accum_steps: int = 1,
+                    ema_decay: float | None = None, mesh: Mesh, state_shardings: TrainState
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """The jitted step `(state, batch) -> (state, metrics)`; the state argument is donated.
 
-  The batch holds 'image' (NHWC float) and 'label' (int) global arrays sharded over 'data'
-  (`sharding.global_batch`). The whole batch is mixed (or, without `mixup`, gets smoothed
-  one-hot targets), then split into `grad_accum_steps` micro-batches whose gradients are
-  averaged: without mixup and drop path that equals the one-batch step up to float rounding.
-  Metrics: 'loss' (the mean soft-target cross-entropy) and 'grad_norm' (the global L2 norm of
-  the averaged gradients, before the optimizer's clipping).
+  The batch holds 'image' (NHWC uint8, 0..255) and 'label' (int) global arrays sharded over
+  'data' (`sharding.global_batch`). `augment` runs first, in timm's prefetcher order (mixup per
+  group, normalisation, erasing: `data/device_augment.py`); then the batch is split into
+  `grad_accum_steps` micro-batches whose gradients are averaged: without mixup and drop path
+  that equals the one-batch step up to float rounding. Metrics: 'loss' (the mean soft-target
+  cross-entropy) and 'grad_norm' (the global L2 norm of the averaged gradients, before the
+  optimizer's clipping).
   """
-  if mixup is not None and (mixup.label_smoothing != label_smoothing
-                            or mixup.num_classes != model.num_classes):
-    raise ValueError(f'the mixup config (smoothing {mixup.label_smoothing}, '
-                     f'{mixup.num_classes} classes) disagrees with label_smoothing '
-                     f'{label_smoothing} and the model\'s {model.num_classes} classes')
+  if augment.num_classes != model.num_classes:
+    raise ValueError(f'the augmentation is for {augment.num_classes} classes, the model has '
+                     f'{model.num_classes}')
   if (ema_decay is None) != (state_shardings.ema_params is None):
     raise ValueError('ema_decay must be given exactly when the state has ema_params '
                      '(create_train_state(..., ema=True))')
@@ -102,12 +101,8 @@ def make_train_step(model: Sequencer, optimizer: optax.GradientTransformation, *
     if size % (grad_accum_steps * mesh.size):
       raise ValueError(f'the global batch ({size}) must divide into {grad_accum_steps} '
                        f'micro-batches sharded over {mesh.size} devices')
-    mix_rng, drop_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
-    if mixup is None:
-      images = batch['image']
-      targets = smooth_one_hot(batch['label'], model.num_classes, label_smoothing)
-    else:
-      images, targets = mixup_cutmix(batch['image'], batch['label'], mix_rng, mixup)
+    augment_rng, drop_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
+    images, targets = augment_batch(batch['image'], batch['label'], augment_rng, augment)
     loss, grads = _accumulated_grads(loss_fn, state.params, images, targets, drop_rng,
                                      grad_accum_steps, mesh)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

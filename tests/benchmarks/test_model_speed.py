@@ -86,5 +86,7 @@ def test_the_training_benchmark_times_the_trainers_own_step(monkeypatch, capsys)
   assert results[0].images_per_s > 0
   (kwargs,) = made
   assert kwargs['calls'] == 11  # One warm-up step and ten timed ones.
-  assert kwargs['mixup'].mixup_alpha == 0.8 and kwargs['mixup'].cutmix_alpha == 1.0
-  assert kwargs['label_smoothing'] == 0.1 and kwargs['mesh'].axis_names == ('data',)
+  augment = kwargs['augment']
+  assert augment.mixup.mixup_alpha == 0.8 and augment.mixup.cutmix_alpha == 1.0
+  assert augment.label_smoothing == 0.1 and augment.reprob == 0.25 and augment.group_size == 256
+  assert kwargs['mesh'].axis_names == ('data',)

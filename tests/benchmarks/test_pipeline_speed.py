@@ -26,12 +26,11 @@ def test_generated_jpegs_have_imagenet_like_sizes(jpegs):
   assert bp.find_jpegs(jpegs[0].parent, 2) == jpegs[:2]
 
 
-def test_both_pipelines_produce_normalised_float_images(jpegs):
+def test_both_pipelines_produce_uint8_images(jpegs):
   ours = list(bp.ours_dataset(jpegs, 32, pipeline.TrainAugment(), threads=None))
   assert len(ours) == 3
   for image in ours:
-    assert image.shape == (32, 32, 3) and image.dtype == np.float32
-    assert np.isfinite(image.numpy()).all()
+    assert image.shape == (32, 32, 3) and image.dtype == np.uint8
   transform = bp.timm_transform(32, pipeline.TrainAugment())
   # timm's PosterizeIncreasing at magnitude 10 asks Pillow 13 for 0 bits, which it refuses
   # (about 1 image in 90 under rand-m9-mstd0.5): fix the draws so the test is deterministic.
@@ -39,8 +38,7 @@ def test_both_pipelines_produce_normalised_float_images(jpegs):
   torch.manual_seed(0)
   for path in jpegs:
     image = transform(path)
-    assert image.shape == (3, 32, 32) and image.dtype == torch.float32
-    assert torch.isfinite(image).all()
+    assert image.shape == (3, 32, 32) and image.dtype == np.uint8
 
 
 def test_time_passes_checks_the_count_and_skips_the_warmup_pass():
@@ -53,13 +51,13 @@ def test_time_passes_checks_the_count_and_skips_the_warmup_pass():
 
 def test_main_prints_a_table_and_one_json_line(jpegs, capsys, tmp_path, monkeypatch):
   # Our RandAugment is traced above; here cheap stages keep the test short.
-  cheap = bp.STAGES['decode+crop+norm']
-  monkeypatch.setattr(bp, 'STAGES', {'decode+crop+norm': cheap, 'full': cheap})
+  cheap = bp.STAGES['decode+crop']
+  monkeypatch.setattr(bp, 'STAGES', {'decode+crop': cheap, 'full': cheap})
   record = bp.main(['--data-dir', str(jpegs[0].parent), '--num-images', '2', '--repeats', '1',
                     '--image-size', '32', '--threads', '2', '--json', str(tmp_path / 'r.json')])
   out = capsys.readouterr().out
   assert [(r['pipeline'], r['stage'], r['cores']) for r in record['results']] == [
-      ('ours', 'decode+crop+norm', 1), ('ours', 'full', 1), ('ours', 'full', 2),
+      ('ours', 'decode+crop', 1), ('ours', 'full', 1), ('ours', 'full', 2),
       ('timm', 'full', 1)]
   assert all(r['images_per_s'] > 0 for r in record['results'])
   assert record['ratio_per_core'] > 0 and record['num_images'] == 2

@@ -20,7 +20,7 @@ import pytest
 import train_step_worker as worker
 from jax.sharding import PartitionSpec as P
 
-from sequencer_jax.data.mixup import MixupConfig
+from sequencer_jax.data.device_augment import DeviceAugment
 from sequencer_jax.models import Sequencer
 from sequencer_jax.train.sharding import fsdp_spec, global_batch, make_mesh, param_shardings
 from sequencer_jax.train.state import TrainState, create_train_state
@@ -103,14 +103,11 @@ def test_train_step_rejects_inconsistent_settings():
   mesh = make_mesh()
   optimizer = optax.sgd(0.1)
   shardings = TrainState(step=None, params=None, opt_state=None, ema_params=None, rng=None)
-  with pytest.raises(ValueError, match='mixup config'):
-    make_train_step(model, optimizer, mixup=MixupConfig(worker.NUM_CLASSES), label_smoothing=0.0,
-                    mesh=mesh, state_shardings=shardings)
-  with pytest.raises(ValueError, match='mixup config'):
-    make_train_step(model, optimizer, mixup=MixupConfig(5), label_smoothing=0.1, mesh=mesh,
+  with pytest.raises(ValueError, match='augmentation is for 5 classes'):
+    make_train_step(model, optimizer, augment=DeviceAugment(5), mesh=mesh,
                     state_shardings=shardings)
   with pytest.raises(ValueError, match='ema_decay'):
-    make_train_step(model, optimizer, mixup=None, label_smoothing=0.1, ema_decay=0.99,
+    make_train_step(model, optimizer, augment=DeviceAugment(worker.NUM_CLASSES), ema_decay=0.99,
                     mesh=mesh, state_shardings=shardings)
 
 
@@ -186,9 +183,10 @@ def accumulation() -> dict[str, Any]:
                                              seed=0, mesh=mesh, ema=True, params=params)
   full, shardings = create(init)
   split, _ = create(full.params)
-  steps = {n: make_train_step(model, optimizer, mixup=None, label_smoothing=0.1,
-                              grad_accum_steps=n, ema_decay=EMA_DECAY, mesh=mesh,
-                              state_shardings=shardings) for n in (1, ACCUM)}
+  augment = DeviceAugment(worker.NUM_CLASSES, reprob=0.0)  # Smoothed one-hot targets only.
+  steps = {n: make_train_step(model, optimizer, augment=augment, grad_accum_steps=n,
+                              ema_decay=EMA_DECAY, mesh=mesh, state_shardings=shardings)
+           for n in (1, ACCUM)}
   batches = [global_batch(b, mesh) for b in worker.batches(seed=2)]
   copy = lambda tree: worker.by_path(jax.tree.map(np.array, tree))  # No views: they block donation.
   out: dict[str, Any] = {'init': copy(init)}

@@ -1,0 +1,145 @@
+"""The training augmentation that runs inside the jitted step, in the order of timm 0.5.4's
+prefetcher, which the paper's training used (no TensorFlow here).
+
+The host pipeline yields uint8 images. Then, as the original `train.py` with `--mixup 0.8 --cutmix
+1.0 --reprob 0.25` and its prefetcher on:
+
+1. `FastCollateMixup`: Mixup/CutMix per group of `group_size` consecutive images (the original's
+   per-GPU batch of 256): one lambda and one CutMix box per group, each image mixed with its
+   mirror in the reversed group, the mixed pixels rounded back to uint8; smoothed, mixed targets.
+2. Normalisation with the ImageNet mean and std (the prefetcher's `(x - 255 mean) / (255 std)`).
+3. `RandomErasing` (pixel mode, one box) per image, on the normalised images: with probability
+   `reprob`, up to ten attempts of area fraction U(0.02, 1/3) and log-uniform aspect ratio in
+   (0.3, 1/0.3); the first box strictly inside the image is placed uniformly and filled with
+   per-pixel N(0, 1) noise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+from sequencer_jax.data.mixup import MixupConfig, mixup_cutmix, smooth_one_hot
+from sequencer_jax.models.data_config import IMAGENET_MEAN, IMAGENET_STD
+
+ERASE_AREA = (0.02, 1 / 3)
+ERASE_LOG_ASPECT = (math.log(0.3), -math.log(0.3))
+ERASE_ATTEMPTS = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceAugment:
+  """The step's augmentation; each field names its timm flag."""
+
+  num_classes: int
+  label_smoothing: float = 0.1  # --smoothing
+  mixup: MixupConfig | None = None  # --mixup, --cutmix, ... (None: both off)
+  group_size: int = 256  # -b of the original's per-GPU batch: one lambda per group
+  reprob: float = 0.25  # --reprob
+  mean: tuple[float, float, float] = IMAGENET_MEAN
+  std: tuple[float, float, float] = IMAGENET_STD
+
+  def __post_init__(self):
+    if self.mixup is not None and (self.mixup.label_smoothing != self.label_smoothing
+                                   or self.mixup.num_classes != self.num_classes):
+      raise ValueError(f'the mixup config (smoothing {self.mixup.label_smoothing}, '
+                       f'{self.mixup.num_classes} classes) disagrees with label_smoothing '
+                       f'{self.label_smoothing} and num_classes {self.num_classes}')
+    if self.group_size < 1 or not 0.0 <= self.reprob <= 1.0:
+      raise ValueError(f'group_size {self.group_size} must be >= 1 and reprob {self.reprob} '
+                       f'in [0, 1]')
+
+
+def normalize(images: jax.Array, mean: tuple[float, ...] = IMAGENET_MEAN,
+              std: tuple[float, ...] = IMAGENET_STD) -> jax.Array:
+  """uint8 (0..255) images -> float32, as timm's prefetcher: (x - 255 mean) / (255 std)."""
+  mean = 255.0 * jnp.asarray(mean, jnp.float32)
+  std = 255.0 * jnp.asarray(std, jnp.float32)
+  return (images.astype(jnp.float32) - mean) / std
+
+
+def mix_groups(images: jax.Array, labels: jax.Array, rng: jax.Array, config: MixupConfig,
+               group_size: int) -> tuple[jax.Array, jax.Array]:
+  """Mixup/CutMix with its own draws per group of `group_size` consecutive images (a batch
+  smaller than one group is one group)."""
+  size = images.shape[0]
+  group = min(group_size, size)
+  if size % group:
+    raise ValueError(f'the batch of {size} does not split into groups of {group} for mixup '
+                     f'(aug.mixup_group_size)')
+  count = size // group
+  grouped = images.reshape(count, group, *images.shape[1:])
+  mixed, targets = jax.vmap(lambda x, y, key: mixup_cutmix(x, y, key, config))(
+      grouped, labels.reshape(count, group), jax.random.split(rng, count))
+  return mixed.reshape(images.shape), targets.reshape(size, -1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ErasingDraws:
+  """The random numbers of RandomErasing for a batch of n images, as timm draws them."""
+
+  apply: jax.Array  # (n,) U(0, 1): erase when <= reprob
+  area: jax.Array  # (n, 10) U(0.02, 1/3): area fraction of each attempt
+  log_aspect: jax.Array  # (n, 10) U(log 0.3, -log 0.3)
+  top: jax.Array  # (n,) U(0, 1): placement of the box that fits
+  left: jax.Array  # (n,) U(0, 1)
+  noise: jax.Array  # (n, H, W, C) N(0, 1)
+
+
+def erasing_draws(rng: jax.Array, shape: tuple[int, ...]) -> ErasingDraws:
+  """Fresh draws for a batch of `shape` (n, H, W, C)."""
+  keys = jax.random.split(rng, 6)
+  n = shape[0]
+  return ErasingDraws(
+      apply=jax.random.uniform(keys[0], (n,)),
+      area=jax.random.uniform(keys[1], (n, ERASE_ATTEMPTS), minval=ERASE_AREA[0],
+                              maxval=ERASE_AREA[1]),
+      log_aspect=jax.random.uniform(keys[2], (n, ERASE_ATTEMPTS), minval=ERASE_LOG_ASPECT[0],
+                                    maxval=ERASE_LOG_ASPECT[1]),
+      top=jax.random.uniform(keys[3], (n,)), left=jax.random.uniform(keys[4], (n,)),
+      noise=jax.random.normal(keys[5], shape))
+
+
+def erasing_boxes(draws: ErasingDraws, height: int, width: int, reprob: float) -> jax.Array:
+  """(n, 4) [top, left, h, w] of each image's box ([0, 0, 0, 0]: nothing erased)."""
+  target = draws.area * (height * width)
+  aspect = jnp.exp(draws.log_aspect)
+  h = jnp.round(jnp.sqrt(target * aspect)).astype(jnp.int32)
+  w = jnp.round(jnp.sqrt(target / aspect)).astype(jnp.int32)
+  fits = (w < width) & (h < height)
+  first = jnp.argmax(fits, axis=1)
+  h = jnp.take_along_axis(h, first[:, None], 1)[:, 0]
+  w = jnp.take_along_axis(w, first[:, None], 1)[:, 0]
+  # Python's random.randint(0, n), both ends included, from a uniform draw.
+  top = jnp.minimum(jnp.floor(draws.top * (height - h + 1)), height - h).astype(jnp.int32)
+  left = jnp.minimum(jnp.floor(draws.left * (width - w + 1)), width - w).astype(jnp.int32)
+  erase = (draws.apply <= reprob) & jnp.any(fits, axis=1)
+  return jnp.where(erase[:, None], jnp.stack([top, left, h, w], axis=1), 0)
+
+
+def erase(images: jax.Array, draws: ErasingDraws, reprob: float) -> jax.Array:
+  """RandomErasing of normalised NHWC `images` with `draws`."""
+  _, height, width, _ = images.shape
+  top, left, h, w = jnp.moveaxis(erasing_boxes(draws, height, width, reprob), 1, 0)
+  rows = jnp.arange(height)[None, :, None]
+  cols = jnp.arange(width)[None, None, :]
+  inside = ((rows >= top[:, None, None]) & (rows < (top + h)[:, None, None])
+            & (cols >= left[:, None, None]) & (cols < (left + w)[:, None, None]))
+  return jnp.where(inside[..., None], draws.noise.astype(images.dtype), images)
+
+
+def augment_batch(images: jax.Array, labels: jax.Array, rng: jax.Array,
+                  config: DeviceAugment) -> tuple[jax.Array, jax.Array]:
+  """uint8 NHWC images and integer labels -> normalised, mixed, erased images and soft targets."""
+  mix_rng, erase_rng = jax.random.split(rng)
+  if config.mixup is None:
+    targets = smooth_one_hot(labels, config.num_classes, config.label_smoothing)
+  else:
+    images, targets = mix_groups(images, labels, mix_rng, config.mixup, config.group_size)
+  images = normalize(images, config.mean, config.std)
+  if config.reprob > 0:
+    images = erase(images, erasing_draws(erase_rng, images.shape), config.reprob)
+  return images, targets
