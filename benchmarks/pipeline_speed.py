@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 import PIL  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
 
 from sequencer_jax.data import pipeline  # noqa: E402
 from sequencer_jax.models.data_config import IMAGENET_MEAN  # noqa: E402
@@ -66,6 +66,8 @@ EMULATED = (
     'RandomHorizontalFlip: torch.rand(1) < p -> img.transpose(FLIP_LEFT_RIGHT)',
     "ToNumpy (the prefetcher's loader): np.array(img, uint8) -> (3, H, W)",
     "F.get_image_size (inside timm's get_params): img.size",
+    "Posterize to 0 bits (PosterizeIncreasing at magnitude 10), which Pillow 13 refuses: a black "
+    "image, as Pillow <= 12's posterize gave",
 )
 
 
@@ -140,13 +142,26 @@ def _timm_get_params() -> Callable:
                             code.__defaults__, code.__closure__)
 
 
+def _posterize_as_pillow_12(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:
+  """timm's posterize, with Pillow <= 12's result for 0 bits (black) where Pillow 13 raises."""
+  if bits_to_keep >= 8:
+    return img
+  if bits_to_keep >= 1:
+    return ImageOps.posterize(img, bits_to_keep)
+  return img.point([0] * 256 * len(img.getbands()))
+
+
 def timm_transform(image_size: int,
                    augment: pipeline.TrainAugment) -> Callable[[Path], np.ndarray]:
   """timm's `transforms_imagenet_train(..., use_prefetcher=True)` for `augment`: path in, uint8
   (3, size, size) out."""
   import_timm()
+  from timm.data import auto_augment
   from timm.data import transforms as timm_transforms
   from timm.data.auto_augment import rand_augment_transform
+  for name, op in list(auto_augment.NAME_TO_OP.items()):
+    if op is auto_augment.posterize:
+      auto_augment.NAME_TO_OP[name] = _posterize_as_pillow_12
   if augment.auto_augment is None and augment.color_jitter > 0:
     raise NotImplementedError("torchvision's ColorJitter is not emulated")
   crop = timm_transforms.RandomResizedCropAndInterpolation(image_size, augment.scale,
