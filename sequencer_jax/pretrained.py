@@ -93,7 +93,7 @@ def _resolve(source: str, ema: bool) -> tuple[ModelRecord, Any]:
     raise SourceError(f'{source} is a directory that is neither a model directory (model/ and '
                       f'params/) nor a training workdir; a model source is {SOURCES}')
   if os.path.isfile(path) and path.endswith(TORCH_SUFFIXES):
-    return _from_torch_file(path, source)
+    return _from_torch_file(path, path)
   what = 'is not a model file' if os.path.exists(path) else 'does not exist'
   raise SourceError(f'{source} {what}; a model source is {SOURCES}')
 
