@@ -1,7 +1,8 @@
 """The metrics of the ImageNet evaluation suites, as their papers define them (NumPy, no TensorFlow).
 
 Every metric is fed batches of per-image top-5 predictions (indices into the model's 1000
-ImageNet-1k classes, best first) and returns its figures:
+ImageNet-1k classes, best first) with the images' labels (ImageNet-1k indices) and their
+indices in the set, and returns its figures:
 
 * `TopK`: top-1/top-5 accuracy (ImageNet, V2, Sketch; and A and R, whose predictions are taken
   over their 200 classes only, by the evaluation step).
@@ -49,9 +50,10 @@ class Metric(abc.ABC):
   """Accumulates batches of top-5 predictions; `result()` gives the figures so far."""
 
   @abc.abstractmethod
-  def update(self, predictions: np.ndarray, indices: np.ndarray) -> None:
-    """`predictions`: (n, 5) class indices, best first; `indices`: the images' indices in the
-    evaluated set (for the metrics that look up per-image annotations)."""
+  def update(self, predictions: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> None:
+    """`predictions`: (n, 5) class indices, best first; `labels`: (n,) ImageNet-1k indices;
+    `indices`: the images' indices in the evaluated set (for the metrics that look up
+    per-image annotations)."""
 
   @abc.abstractmethod
   def result(self) -> dict[str, Any]:
@@ -61,15 +63,14 @@ class Metric(abc.ABC):
 class TopK(Metric):
   """Top-1 and top-5 accuracy against one label per image."""
 
-  def __init__(self, labels: Sequence[int]):
-    self.labels = np.asarray(labels)
+  def __init__(self):
     self.hits = np.zeros(2)
     self.count = 0
 
-  def update(self, predictions: np.ndarray, indices: np.ndarray) -> None:
-    correct = predictions == self.labels[indices][:, None]
+  def update(self, predictions: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> None:
+    correct = predictions == labels[:, None]
     self.hits += [correct[:, 0].sum(), correct.any(axis=1).sum()]
-    self.count += len(indices)
+    self.count += len(labels)
 
   def result(self) -> dict[str, Any]:
     top1, top5_ = self.hits / max(self.count, 1)
@@ -84,7 +85,7 @@ class RealAccuracy(Metric):
     self.hits = np.zeros(2)
     self.count = 0
 
-  def update(self, predictions: np.ndarray, indices: np.ndarray) -> None:
+  def update(self, predictions: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> None:
     for row, index in zip(predictions, indices):
       real = self.label_sets[index]
       if real:  # Images without a ReaL label are left out.
@@ -99,15 +100,13 @@ class RealAccuracy(Metric):
 class CorruptionError(Metric):
   """ImageNet-C: top-1/top-5 per (corruption, severity), CE per corruption and mCE."""
 
-  def __init__(self, labels: Sequence[int], corruptions: Sequence[str],
-               severities: Sequence[int]):
-    self.labels = np.asarray(labels)
+  def __init__(self, corruptions: Sequence[str], severities: Sequence[int]):
     self.cells = [f'{c}/{s}' for c, s in zip(corruptions, severities)]
     self.hits: dict[str, np.ndarray] = {}
     self.counts: dict[str, int] = {}
 
-  def update(self, predictions: np.ndarray, indices: np.ndarray) -> None:
-    correct = predictions == self.labels[indices][:, None]
+  def update(self, predictions: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> None:
+    correct = predictions == labels[:, None]
     for row, index in zip(correct, indices):
       cell = self.cells[index]
       self.hits[cell] = self.hits.get(cell, np.zeros(2)) + [row[0], row.any()]

@@ -19,8 +19,8 @@ from sequencer_jax.train import sharding
 
 def make_predict_step(model: nn.Module, *, mesh: Mesh, params_sharding: Any,
                       classes: tuple[int, ...] | None = None) -> Callable[[Any, dict], dict]:
-  """The jitted `(params, batch) -> {'top5', 'index', 'mask'}`, replicated on every process:
-  each image's five best classes (within `classes` when given), best first."""
+  """The jitted `(params, batch) -> {'top5', 'label', 'index', 'mask'}`, replicated on every
+  process: each image's five best classes (within `classes` when given), best first."""
   subset = None if classes is None else jnp.asarray(classes)
 
   def step(params: Any, batch: dict) -> dict:
@@ -29,7 +29,7 @@ def make_predict_step(model: nn.Module, *, mesh: Mesh, params_sharding: Any,
       logits = logits[:, subset]
     _, top = jax.lax.top_k(logits, min(5, logits.shape[-1]))
     top = top if subset is None else subset[top]
-    return {'top5': top, 'index': batch['index'], 'mask': batch['mask']}
+    return {'top5': top, 'label': batch['label'], 'index': batch['index'], 'mask': batch['mask']}
 
   return jax.jit(step, in_shardings=(params_sharding, sharding.data_sharding(mesh)),
                  out_shardings=sharding.replicated(mesh))
@@ -47,5 +47,8 @@ def run_eval(predict_step: Callable[[Any, dict], dict], params: Any, eval_set: E
   for batch in batches:
     out = jax.device_get(predict_step(params, sharding.global_batch(batch, mesh)))
     keep = np.asarray(out['mask'], bool)
-    metric.update(np.asarray(out['top5'])[keep], np.asarray(out['index'])[keep])
+    labels = np.asarray(out['label'])[keep]
+    if eval_set.label_map is not None:
+      labels = eval_set.label_map[labels]
+    metric.update(np.asarray(out['top5'])[keep], labels, np.asarray(out['index'])[keep])
   return {**metric.result(), 'skipped': len(batches.skipped)}

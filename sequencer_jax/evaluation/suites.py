@@ -38,14 +38,16 @@ _REAL_FILE = re.compile(r'ILSVRC2012_val_(\d{8})\.')
 
 @dataclasses.dataclass
 class EvalSet:
-  """One named evaluation: its images (labels in ImageNet-1k indices), a new empty metric per
-  call of `new_metric`, and the class subset its logits are restricted to (ImageNet-A/R)."""
+  """One named evaluation: its images, a new empty metric per call of `new_metric`, the class
+  subset its logits are restricted to (ImageNet-A/R), and `label_map`, which takes the source's
+  labels to ImageNet-1k indices (None: they already are)."""
 
   name: str
   suite: str
   source: sources.Source
   new_metric: Callable[[], metrics.Metric]
   classes: tuple[int, ...] | None = None
+  label_map: np.ndarray | None = None
 
 
 def _wnid_index() -> dict[str, int]:
@@ -112,17 +114,11 @@ def _tfds_labels(source: sources.TfdsSource) -> np.ndarray:
 
 
 def _tfds_column(source: sources.TfdsSource, key: str) -> list:
-  """One feature of every example of the split, in the split's order."""
+  """One feature of every example of the split, in the split's order (ReaL's label sets, which
+  the pipeline does not carry)."""
   dataset = source.builder.as_dataset(split=source.split, shuffle_files=False,
                                       decoders={'image': tfds.decode.SkipDecoding()})
   return [row[key] for row in dataset.map(lambda r: {key: r[key]}).as_numpy_iterator()]
-
-
-def _labels(source: sources.Source) -> list[int]:
-  if isinstance(source, sources.FolderSource):
-    return list(source.split.labels)
-  to_1k = _tfds_labels(source)
-  return [int(to_1k[y]) for y in _tfds_column(source, source.label_key)]
 
 
 def open_eval(name: str, suite: str, dataset: str, split: str | None = None,
@@ -142,10 +138,10 @@ def open_eval(name: str, suite: str, dataset: str, split: str | None = None,
     if suite == 'imagenet_c':
       split_files, corruptions, severities = _corruption_folder(root)
       return EvalSet(name, suite, sources.FolderSource(split_files),
-                     functools.partial(metrics.CorruptionError, split_files.labels, corruptions,
-                                       severities))
+                     functools.partial(metrics.CorruptionError, corruptions, severities))
     subset = suite if suite in ('imagenet_a', 'imagenet_r') else None
     source = sources.FolderSource(_wnid_folder(root, subset_wnids(subset) if subset else None))
+    label_map = None
   else:
     base = dataset.split('/')[0]
     cell = re.fullmatch(r'imagenet2012_corrupted/(\w+)_(\d)', dataset)
@@ -156,12 +152,13 @@ def open_eval(name: str, suite: str, dataset: str, split: str | None = None,
     if suite == 'real':
       sets = [tuple(int(c) for c in s) for s in _tfds_column(source, 'real_label')]
       return EvalSet(name, suite, source, functools.partial(metrics.RealAccuracy, sets))
+    label_map = _tfds_labels(source)
     if suite == 'imagenet_c':
-      labels = _labels(source)
+      count = source.num_examples
       return EvalSet(name, suite, source, functools.partial(
-          metrics.CorruptionError, labels, [cell[1]] * len(labels),
-          [int(cell[2])] * len(labels)))
+          metrics.CorruptionError, [cell[1]] * count, [int(cell[2])] * count),
+          label_map=label_map)
     subset = suite if suite in ('imagenet_a', 'imagenet_r') else None
   classes = subset_indices(subset) if subset else None
-  return EvalSet(name, suite, source, functools.partial(metrics.TopK, _labels(source)), classes)
+  return EvalSet(name, suite, source, metrics.TopK, classes, label_map)
 

@@ -141,20 +141,16 @@ class TrainCheckpoints:
 
 def _read_only_manager(directory: str) -> ocp.CheckpointManager:
   """A manager that only reads (orbax's notes about what read-only mode turns off are muted)."""
+  handlers = {'state': ocp.PyTreeCheckpointHandler(), 'run': ocp.JsonCheckpointHandler(),
+              'checksums': ocp.JsonCheckpointHandler()}
   absl_logger = logging.getLogger('absl')
   level = absl_logger.level
   absl_logger.setLevel(logging.ERROR)
   try:
-    return _manager_for_reading(directory)
+    return ocp.CheckpointManager(directory, item_handlers=handlers,
+                                 options=ocp.CheckpointManagerOptions(read_only=True))
   finally:
     absl_logger.setLevel(level)
-
-
-def _manager_for_reading(directory: str) -> ocp.CheckpointManager:
-  handlers = {'state': ocp.PyTreeCheckpointHandler(), 'run': ocp.JsonCheckpointHandler(),
-              'checksums': ocp.JsonCheckpointHandler()}
-  return ocp.CheckpointManager(directory, item_handlers=handlers,
-                               options=ocp.CheckpointManagerOptions(read_only=True))
 
 
 def read_trained_params(workdir: str, *, step: int | None = None, best: bool = False,

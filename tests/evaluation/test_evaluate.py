@@ -42,10 +42,12 @@ def test_the_predict_step_restricts_to_the_subset():
   logits[1, 0, 0, [11, 5]] = [1.0, 8.0]
   step = runner.make_predict_step(_Logits(), mesh=mesh, params_sharding=sharding.replicated(mesh),
                                   classes=classes)
-  batch = {'image': logits, 'index': np.array([4, 7], np.int32), 'mask': np.array([True, True])}
+  batch = {'image': logits, 'label': np.array([13, 11], np.int32),
+           'index': np.array([4, 7], np.int32), 'mask': np.array([True, True])}
   out = jax.device_get(step({}, sharding.global_batch(batch, mesh)))
   assert out['top5'][0].tolist()[:3] == [13, 6, 11] and out['top5'][1].tolist()[0] == 11
   assert set(out['top5'].ravel()) <= set(classes) and out['index'].tolist() == [4, 7]
+  assert out['label'].tolist() == [13, 11]
 
 
 @pytest.fixture(scope='module')

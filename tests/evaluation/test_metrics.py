@@ -14,11 +14,12 @@ def _predictions(*rows):
 
 
 def test_top_k_counts_the_first_and_any_of_five():
-  labels = [3, 7, 1, 0]
-  metric = metrics.TopK(labels)
+  metric = metrics.TopK()
   # Image 0: top-1 hit. Image 1: label 4th. Image 2: missing. Image 3: top-1.
-  metric.update(_predictions([3, 1, 2, 4, 5], [1, 2, 3, 7, 9]), np.array([0, 1]))
-  metric.update(_predictions([5, 6, 8, 9, 2], [0, 1, 2, 3, 4]), np.array([2, 3]))
+  metric.update(_predictions([3, 1, 2, 4, 5], [1, 2, 3, 7, 9]), np.array([3, 7]),
+                np.array([0, 1]))
+  metric.update(_predictions([5, 6, 8, 9, 2], [0, 1, 2, 3, 4]), np.array([1, 0]),
+                np.array([2, 3]))
   assert metric.result() == {'top1': 2 / 4, 'top5': 3 / 4, 'images': 4}
 
 
@@ -26,7 +27,7 @@ def test_real_leaves_out_images_without_labels():
   sets = [(5,), (), (2, 9), (4,)]
   metric = metrics.RealAccuracy(sets)
   metric.update(_predictions([5, 0, 1, 3, 4], [1, 2, 3, 4, 6], [9, 8, 7, 6, 5],
-                             [0, 1, 2, 3, 8]), np.arange(4))
+                             [0, 1, 2, 3, 8]), np.zeros(4, int), np.arange(4))
   # Image 1 has no ReaL label: out. Image 0: top-1 in set. Image 2: 9 (top-1) in {2, 9}.
   # Image 3: 4 not in its top-5.
   assert metric.result() == {'top1': 2 / 3, 'top5': 2 / 3, 'images': 3}
@@ -52,8 +53,8 @@ def _corruption_metric(accuracy_by_cell, images_per_cell=10):
       corruptions.append(corruption)
       severities.append(severity)
       rows.append([1, 2, 3, 4, 5] if i < accuracy * images_per_cell else [0, 2, 3, 4, 5])
-  metric = metrics.CorruptionError(labels, corruptions, severities)
-  metric.update(np.asarray(rows), np.arange(len(rows)))
+  metric = metrics.CorruptionError(corruptions, severities)
+  metric.update(np.asarray(rows), np.asarray(labels), np.arange(len(rows)))
   return metric.result()
 
 

@@ -30,9 +30,8 @@ def _rows(name, split, data_dir, keys):
 def test_tfds_suites(data_dir):
   a = suites.open_eval('a', 'imagenet_a', 'imagenet_a', None, data_dir)
   assert a.classes == tuple(sorted(a.classes)) and len(a.classes) == 200
-  labels = [int(r['label']) for r in _rows('imagenet_a', 'test', data_dir, ['label'])]
-  metric = a.new_metric()
-  assert list(metric.labels) == labels  # TFDS's labels are already ImageNet-1k indices.
+  # TFDS's labels are already ImageNet-1k indices (its class names are the WordNet ids).
+  assert a.label_map.tolist() == list(range(1000))
 
   real = suites.open_eval('r', 'real', 'imagenet2012_real', None, data_dir)
   sets = [tuple(int(c) for c in r['real_label'])
@@ -40,12 +39,14 @@ def test_tfds_suites(data_dir):
   assert real.new_metric().label_sets == [frozenset(s) for s in sets]
 
   c = suites.open_eval('c', 'imagenet_c', 'imagenet2012_corrupted/fog_2', None, data_dir)
+  labels = np.asarray([int(r['label']) for r in _rows('imagenet2012_corrupted/fog_2',
+                                                      'validation', data_dir, ['label'])])
   metric = c.new_metric()
-  metric.update(np.tile(np.arange(5), (6, 1)), np.arange(6))
+  metric.update(np.tile(np.arange(5), (6, 1)), c.label_map[labels], np.arange(6))
   result = metric.result()
-  assert list(result['corruptions']) == ['fog'] and result['mce'] is None
+  assert list(result['corruptions']) == ['fog'] and result['mce'] is None and result['images'] == 6
   assert result['corruptions']['fog']['top1_by_severity'] == {2: pytest.approx(
-      np.mean(np.asarray(metric.labels) == 0))}
+      np.mean(labels == 0))}
   with pytest.raises(DatasetError, match='one per --eval'):
     suites.open_eval('c', 'imagenet_c', 'imagenet2012_corrupted', None, data_dir)
   assert metrics.CORRUPTIONS.index('fog') == 9
