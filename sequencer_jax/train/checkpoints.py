@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sequencer_jax.weights.model_format import short_reason
+from sequencer_jax.weights.model_format import failed_read_reason
 
 _ITEMS = ('state', 'run', 'checksums')
 
@@ -120,7 +120,7 @@ class TrainCheckpoints:
       restored = self.latest.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target), checksums=ocp.args.JsonRestore()))
     except Exception as e:  # noqa: BLE001 - tensorstore raises bare Exceptions for bad bytes.
-      raise _damaged(directory, step, f'its arrays cannot be read: {short_reason(e)}') from None
+      raise _damaged(directory, step, f'its arrays cannot be read: {failed_read_reason(e)}') from None
     found = checksums(restored['state'])
     if found != restored['checksums']:
       bad = sum(a != b for a, b in zip(found, restored['checksums']))
@@ -187,7 +187,7 @@ def read_trained_params(workdir: str, *, step: int | None = None, best: bool = F
           state=ocp.args.PyTreeRestore(item=target, restore_args=as_numpy,
                                        partial_restore=True)))
     except Exception as e:  # noqa: BLE001 - tensorstore raises bare Exceptions for bad bytes.
-      raise _damaged(directory, step, f'its arrays cannot be read: {short_reason(e)}') from None
+      raise _damaged(directory, step, f'its arrays cannot be read: {failed_read_reason(e)}') from None
     return step, jax.device_get(restored['state'][key])
   finally:
     manager.close()

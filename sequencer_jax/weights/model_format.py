@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,8 +31,37 @@ class ModelFormatError(ValueError):
   """A model directory that is missing, incomplete, of another format version or not ours."""
 
 
-def short_reason(error: Exception) -> str:
-  """The first line of an orbax/TensorStore error, without its long spec dump."""
+def _is_orphaned_read_report(report: Any) -> bool:
+  """A read still in flight after its restore failed, completing into the closed event loop."""
+  return (isinstance(report.exc_value, RuntimeError)
+          and str(report.exc_value) == 'Event loop is closed')
+
+
+def _drop_orphaned_read_reports() -> None:
+  """Keep the reads a failed restore leaves in flight from filling stderr with tracebacks.
+
+  When one array of an orbax restore fails, orbax closes its event loop while TensorStore still
+  completes the other reads; each completion reports "Event loop is closed" as an unraisable
+  exception, interleaved with the one line that names the damage. Only those reports are dropped.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_orphaned_reads', False):
+    return
+
+  def hook(report: Any) -> None:
+    if not _is_orphaned_read_report(report):
+      previous(report)
+
+  hook.drops_orphaned_reads = True
+  sys.unraisablehook = hook
+
+
+def failed_read_reason(error: Exception) -> str:
+  """The first line of a failed orbax/TensorStore read, without its long spec dump.
+
+  Call it where a restore failed: it also silences that restore's orphaned reads.
+  """
+  _drop_orphaned_read_reports()
   return str(error).splitlines()[0].split(' See full TensorStore details')[0][:300]
 
 
@@ -134,7 +164,7 @@ def read_model_record(path: str) -> ModelRecord:
       record = ckptr.restore(path, args=ocp.args.Composite(model=ocp.args.JsonRestore()))['model']
   except Exception as e:  # noqa: BLE001 - orbax and TensorStore raise several types.
     raise ModelFormatError(f'{path}: its model record cannot be read, the directory is damaged: '
-                           f'{short_reason(e)}') from None
+                           f'{failed_read_reason(e)}') from None
   return ModelRecord.from_json(record, path)
 
 
@@ -149,5 +179,5 @@ def read_model_directory(path: str) -> tuple[ModelRecord, Any]:
   except Exception as e:  # noqa: BLE001 - tensorstore raises bare Exceptions for bad bytes.
     raise ModelFormatError(f'{path}: the parameters do not match its architecture with '
                            f'{record.num_classes} classes, or are damaged: '
-                           f'{short_reason(e)}') from None
+                           f'{failed_read_reason(e)}') from None
   return record, params
