@@ -52,6 +52,10 @@ def _damaged(directory: Any, step: int, reason: str) -> CheckpointError:
       f'mv {directory}/{step} {directory}/{step}.damaged')
 
 
+def _unreadable_arrays(directory: Any, step: int, error: Exception) -> CheckpointError:
+  return _damaged(directory, step, f'its arrays cannot be read: {failed_read_reason(error)}')
+
+
 class TrainCheckpoints:
   """Saves and restores train states of the run described by `record`.
 
@@ -120,7 +124,7 @@ class TrainCheckpoints:
       restored = self.latest.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target), checksums=ocp.args.JsonRestore()))
     except Exception as e:  # noqa: BLE001 - tensorstore raises bare Exceptions for bad bytes.
-      raise _damaged(directory, step, f'its arrays cannot be read: {failed_read_reason(e)}') from None
+      raise _unreadable_arrays(directory, step, e) from None
     found = checksums(restored['state'])
     if found != restored['checksums']:
       bad = sum(a != b for a, b in zip(found, restored['checksums']))
@@ -187,7 +191,7 @@ def read_trained_params(workdir: str, *, step: int | None = None, best: bool = F
           state=ocp.args.PyTreeRestore(item=target, restore_args=as_numpy,
                                        partial_restore=True)))
     except Exception as e:  # noqa: BLE001 - tensorstore raises bare Exceptions for bad bytes.
-      raise _damaged(directory, step, f'its arrays cannot be read: {failed_read_reason(e)}') from None
+      raise _unreadable_arrays(directory, step, e) from None
     return step, jax.device_get(restored['state'][key])
   finally:
     manager.close()
