@@ -50,6 +50,7 @@ from sequencer_jax.models.data_config import IMAGENET_MEAN  # noqa: E402
 from tools.torchvision_stand_in import import_timm  # noqa: E402
 
 GOAL_IMAGES_PER_S_PER_CORE = 250.0
+GOAL_RATIO_PER_CORE = 1.5  # ours / timm, images per second on one core each.
 # (width, height) of the generated files: ImageNet's common landscape and portrait shapes.
 IMAGE_SIZES = ((500, 375), (375, 500), (500, 333), (333, 500), (400, 300), (500, 400))
 # (grid cells, amplitude) of the smooth random fields summed into a generated image.
@@ -281,7 +282,7 @@ def summary(results: Sequence[Result]) -> dict[str, float | bool | None]:
       'ratio_per_core': ratio,
       'ratio_per_cpu_s': ours.images_per_cpu_s / timm.images_per_cpu_s if timm else None,
       'goal_per_core_met': ours.images_per_s >= GOAL_IMAGES_PER_S_PER_CORE,
-      'goal_faster_than_timm_met': ratio > 1 if timm else None,
+      'goal_faster_than_timm_met': ratio >= GOAL_RATIO_PER_CORE if timm else None,
   }
 
 
@@ -300,7 +301,7 @@ def _print_table(results: Sequence[Result], figures: dict) -> None:
         f'{"met" if figures["goal_per_core_met"] else "NOT met"} '
         f'({figures["ours_per_core"]:.1f})')
   if timm:
-    print(f'goal faster than timm per core: '
+    print(f'goal >= {GOAL_RATIO_PER_CORE}x timm per core: '
           f'{"met" if figures["goal_faster_than_timm_met"] else "NOT met"} '
           f'(ours/timm {figures["ratio_per_core"]:.2f}x wall clock, '
           f'{figures["ratio_per_cpu_s"]:.2f}x per CPU-second)')
@@ -347,6 +348,7 @@ def main(argv: list[str] | None = None) -> dict:
             'timm': timm.__version__, 'pillow': PIL.__version__,
             'num_images': len(paths), 'mean_file_kib': mean_kib, 'repeats': args.repeats,
             'image_size': args.image_size, 'goal_images_per_s_per_core': GOAL_IMAGES_PER_S_PER_CORE,
+            'goal_ratio_per_core': GOAL_RATIO_PER_CORE,
             **figures, 'emulated': EMULATED,
             'results': [dataclasses.asdict(r) for r in results]}
   line = json.dumps(record)

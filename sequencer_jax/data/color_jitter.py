@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from sequencer_jax.data.pil_ops import brightness, color, contrast, no_autograph
+from sequencer_jax.data import pil_ops
+from sequencer_jax.data.pil_ops import no_autograph
 
 
 @no_autograph
@@ -32,15 +33,13 @@ def color_jitter_params(seed: tf.Tensor, brightness: float = 0.4, contrast: floa
 
 @no_autograph
 def apply_color_jitter(image: tf.Tensor, factors: tf.Tensor, order: tf.Tensor) -> tf.Tensor:
-  """ImageEnhance Brightness (0), Contrast (1), Color (2) with `factors`, in `order`."""
-  image = tf.convert_to_tensor(image, tf.uint8)
-  out = image
-  for k in range(3):
-    index = order[k]
-    factor = tf.gather(factors, index)
-    out = tf.switch_case(index, [lambda fn=fn, x=out, f=factor: fn(x, f)
-                                 for fn in (brightness, contrast, color)])
-  return tf.ensure_shape(out, image.shape)
+  """ImageEnhance Brightness (0), Contrast (1), Color (2) with `factors`, in `order`, in one
+  kernel call."""
+  kinds = tf.constant([pil_ops.KINDS.index(k) for k in ('brightness', 'contrast', 'color')])
+  ops = pil_ops.Ops(kind=tf.gather(kinds, order), level=tf.zeros([3], tf.int32),
+                    factor=tf.gather(factors, order),
+                    matrix=tf.zeros([3, 6], tf.float64))
+  return pil_ops.apply(image, ops)
 
 
 @no_autograph

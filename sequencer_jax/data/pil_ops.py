@@ -22,26 +22,38 @@ Pillow's arithmetic is reproduced op by op:
   not the a = -0.5 of `resize`, in Pillow's factored form, rows first), then truncated (bicubic
   clipped to [0, 255] first).
 
-Per-pixel work runs in small XLA-compiled kernels (one fused loop instead of dozens of
-full-image tensor ops: at 224x224 on one CPU core, well under 1 ms for most colour ops and about
-2 ms for a geometric op, ~1.2 ms per image on average for rand-m9-mstd0.5-inc1). XLA compiles
-each kernel once per image size (0.1-0.8 s; every tf.data iterator keeps its own cache), so this
-is meant for fixed-size images such as RandomResizedCrop's output.
-All colour ops are bit-exact: their float arithmetic is done outside XLA on at most 511 values
-(LUTs, and the blend products a k for k = x - d), the kernels only do integer work, gathers and a
-single float32 addition. The geometric interpolation has to run in XLA in float64, where
-multiply-adds are contracted into FMAs: a result within ~1e-13 of an integer can then truncate
+A sequence of ops (`Ops`: RandAugment's layers, ColorJitter's three enhancements) runs as one
+XLA-compiled kernel call per op. Each op's arguments are prepared for the whole sequence first,
+so the switch that picks an op's kernel has one kernel call per branch. Untaken branches still
+cost ~0.1 ms each in dead graph work (~1.2 ms per RandAugment layer, against ~2 ms when each
+branch held its op's own preparation); one kernel switching inside XLA is no cheaper, as an XLA
+conditional costs per call for every branch it holds. XLA compiles each kernel once per image size (every tf.data iterator
+keeps its own cache), so this is meant for fixed-size images such as RandomResizedCrop's output.
+
+XLA on the CPU contracts a multiply followed by an add into one FMA, which rounds differently
+from Pillow's separate operations. So no float multiply-add reaches the kernel: the products are
+taken outside it on small vectors (the blend products a k for k = x - d, 511 values; the affine
+terms a x' and b y', one per column and row; AutoContrast's i * (255 / n) for all i and n, a
+constant table), and inside the kernel they only meet additions and integer work. All colour
+ops are bit-exact that way. The geometric interpolation itself has to run in XLA in float64,
+where its multiply-adds are contracted: a result within ~1e-13 of an integer can then truncate
 differently from Pillow (measured: fewer than one value in a million, off by one).
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
+import numpy as np
 import tensorflow as tf
 
 # No tensor-dependent Python control flow anywhere: autograph's source conversion is skipped.
 no_autograph = tf.autograph.experimental.do_not_convert
+
+KINDS = ('identity', 'auto_contrast', 'equalize', 'invert', 'posterize', 'solarize',
+         'solarize_add', 'brightness', 'contrast', 'color', 'sharpness', 'affine_bilinear',
+         'affine_bicubic')
 
 
 def f64(value) -> tf.Tensor:
@@ -49,25 +61,29 @@ def f64(value) -> tf.Tensor:
   return tf.cast(tf.convert_to_tensor(value, dtype_hint=tf.float64), tf.float64)
 
 
-# XLA kernels: integer work only, except the float64 interpolation of the samplers. Each has one
-# signature for any image size; XLA compiles it once per size it meets.
-
-_IMAGE = tf.TensorSpec([None, None, 3], tf.uint8)
-_COORDS = tf.TensorSpec([None, None], tf.float64)
-
-
-def _kernel(*signature: tf.TensorSpec):
-  return tf.function(jit_compile=True, autograph=False, input_signature=list(signature))
+class Ops(NamedTuple):
+  """A sequence of n Pillow ops and their arguments, each field with a leading [n] axis."""
+  kind: tf.Tensor  # int32 index into KINDS
+  level: tf.Tensor  # int32: posterize bits, solarize threshold, solarize-add addend
+  factor: tf.Tensor  # float64: the enhance ops' blend factor
+  matrix: tf.Tensor  # float64 [n, 6]: the affine ops' (a, b, c, d, e, f), as Image.transform's
 
 
-@_kernel(_IMAGE, tf.TensorSpec([3, 256], tf.int32))
+# Inside the kernel: integer work, gathers, additions, and the float64 interpolation.
+
+_LEVELS = tf.range(256)
+# AutoContrast's i * (255 / n) for n = hi - lo in [1, 255] (row 0 unused), i in [0, 255].
+_CONTRAST_STRETCH = np.arange(256.0)[None, :] * np.concatenate(
+    [[0.0], 255.0 / np.arange(1.0, 256.0)])[:, None]
+
+
 def _lookup(image: tf.Tensor, lut: tf.Tensor) -> tf.Tensor:
-  """out[..., c] = lut[c, image[..., c]], `lut` values in [0, 255]."""
+  """out[..., c] = lut[c, image[..., c]], `lut` [3, 256] (or [256]) int32 in [0, 255]."""
+  lut = tf.broadcast_to(lut, [3, 256])
   index = tf.cast(image, tf.int32) + tf.range(0, 768, 256)
   return tf.cast(tf.gather(tf.reshape(lut, [-1]), index), tf.uint8)
 
 
-@_kernel(_IMAGE)
 def _histogram(image: tf.Tensor) -> tf.Tensor:
   """Per-channel histograms, [3, 256] int32."""
   index = tf.cast(image, tf.int32) + tf.range(0, 768, 256)
@@ -95,11 +111,6 @@ def _smooth(x: tf.Tensor) -> tf.Tensor:
   return tf.where(inner, (2 * total + 13) // 26, x)
 
 
-@_kernel(_IMAGE)
-def _grey_sum(image: tf.Tensor) -> tf.Tensor:
-  return tf.reduce_sum(tf.cast(_grey(tf.cast(image, tf.int32)), tf.int64))
-
-
 def _blend(x: tf.Tensor, degenerate: tf.Tensor, products: tf.Tensor) -> tf.Tensor:
   """`Image.blend(degenerate, image, a)` of int32 images given products[k] = float32(a (k - 255)):
   Pillow's float32 `d + a * (x - d)` is one exact addition d + products[x - d + 255]."""
@@ -107,19 +118,40 @@ def _blend(x: tf.Tensor, degenerate: tf.Tensor, products: tf.Tensor) -> tf.Tenso
   return tf.cast(tf.clip_by_value(value, 0.0, 255.0), tf.uint8)
 
 
-_PRODUCTS = tf.TensorSpec([511], tf.float32)
+def _blend_constant(image: tf.Tensor, grey: tf.Tensor, products: tf.Tensor) -> tf.Tensor:
+  """`Image.blend` with a uniform degenerate image of level `grey`, as a LUT."""
+  return _lookup(image, tf.cast(_blend(_LEVELS, grey, products), tf.int32))
 
 
-@_kernel(_IMAGE, _PRODUCTS)
-def _blend_grey(image: tf.Tensor, products: tf.Tensor) -> tf.Tensor:
+def _auto_contrast(image: tf.Tensor) -> tf.Tensor:
+  """`ImageOps.autocontrast`: int(i * scale + offset) per channel, scale = 255 / (hi - lo),
+  offset = -lo * scale, i.e. stretch[i] - stretch[lo] with stretch = i * scale."""
+  lo = tf.cast(tf.reduce_min(image, axis=[0, 1]), tf.int32)
+  hi = tf.cast(tf.reduce_max(image, axis=[0, 1]), tf.int32)
+  stretch = tf.gather(tf.constant(_CONTRAST_STRETCH, tf.float64), tf.maximum(hi - lo, 1))
+  mapped = stretch - tf.gather(stretch, lo, batch_dims=1)[:, None]
+  lut = tf.clip_by_value(tf.cast(mapped, tf.int32), 0, 255)
+  return _lookup(image, tf.where((hi <= lo)[:, None], _LEVELS[None, :], lut))
+
+
+def _equalize(image: tf.Tensor) -> tf.Tensor:
+  hist = _histogram(image)
+  last = 255 - tf.argmax(tf.reverse(tf.cast(hist > 0, tf.int32), axis=[1]), axis=1,
+                         output_type=tf.int32)
+  pixels = tf.reduce_sum(hist, axis=1)
+  step = (pixels - tf.gather(hist, last, batch_dims=1)) // 255
+  cumulative = tf.cumsum(hist, axis=1, exclusive=True)
+  lut = tf.minimum((step[:, None] // 2 + cumulative) // tf.maximum(step, 1)[:, None], 255)
+  return _lookup(image, tf.where((step == 0)[:, None], _LEVELS[None, :], lut))
+
+
+def _contrast(image: tf.Tensor, products: tf.Tensor) -> tf.Tensor:
+  """ImageEnhance.Contrast: blend with the grey level int(mean(L) + 0.5)."""
   x = tf.cast(image, tf.int32)
-  return _blend(x, _grey(x), products)
-
-
-@_kernel(_IMAGE, _PRODUCTS)
-def _blend_smooth(image: tf.Tensor, products: tf.Tensor) -> tf.Tensor:
-  x = tf.cast(image, tf.int32)
-  return _blend(x, _smooth(x), products)
+  total = tf.reduce_sum(tf.cast(_grey(x), tf.int64))
+  mean = tf.cast(total, tf.float64) / tf.cast(tf.shape(image)[0] * tf.shape(image)[1],
+                                              tf.float64)
+  return _blend_constant(image, tf.cast(tf.floor(mean + 0.5), tf.int32), products)
 
 
 def _linear(a: tf.Tensor, b: tf.Tensor, d: tf.Tensor) -> tf.Tensor:
@@ -143,134 +175,110 @@ def _interpolate(image: tf.Tensor, x: tf.Tensor, y: tf.Tensor, bicubic: bool) ->
   x0, y0 = tf.floor(x), tf.floor(y)
   dx, dy = (x - x0)[..., None], (y - y0)[..., None]
   # Points outside (filled anyway) are clamped first so that the int32 casts are defined.
-  x0 = tf.cast(tf.clip_by_value(x0, -2.0, f64(w)), tf.int32)
-  y0 = tf.cast(tf.clip_by_value(y0, -2.0, f64(h)), tf.int32)
+  x0 = tf.cast(tf.clip_by_value(x0, -2.0, tf.cast(w, tf.float64)), tf.int32)
+  y0 = tf.cast(tf.clip_by_value(y0, -2.0, tf.cast(h, tf.float64)), tf.int32)
   offsets = (-1, 0, 1, 2) if bicubic else (0, 1)
   combine = _cubic if bicubic else _linear
-  pixels = f64(image)
+  pixels = tf.reshape(tf.cast(image, tf.float64), [-1, 3])
   cols = [tf.clip_by_value(x0 + k, 0, w - 1) for k in offsets]
   rows = []
   for k in offsets:
-    row = tf.clip_by_value(y0 + k, 0, h - 1)
-    taps = [tf.gather_nd(pixels, tf.stack([row, col], axis=-1)) for col in cols]
+    row = tf.clip_by_value(y0 + k, 0, h - 1) * w
+    taps = [tf.gather(pixels, row + col) for col in cols]
     rows.append(combine(*taps, dx))
   return tf.cast(tf.clip_by_value(combine(*rows, dy), 0.0, 255.0), tf.uint8)
 
 
-def _sampler(bicubic: bool):
-  @_kernel(_IMAGE, _COORDS, _COORDS, tf.TensorSpec([3], tf.uint8))
-  def sample(image: tf.Tensor, xs: tf.Tensor, ys: tf.Tensor, fill: tf.Tensor) -> tf.Tensor:
-    """Pillow's affine-transform sampling of `image` at source points (xs, ys) ([H, W],
-    pixel-area coordinates), `fill` where they fall outside it."""
-    shape = tf.shape(image)
-    inside = (xs >= 0.0) & (xs < f64(shape[1])) & (ys >= 0.0) & (ys < f64(shape[0]))
-    out = _interpolate(image, xs - 0.5, ys - 0.5, bicubic)
-    return tf.where(inside[..., None], out, fill)
-
-  return sample
-
-
-_SAMPLE = {False: _sampler(False), True: _sampler(True)}
-
-
-# Colour ops: LUTs and blend products computed exactly, applied by the kernels.
-
-
-def _per_channel(lut: tf.Tensor) -> tf.Tensor:
-  return tf.tile(tf.cast(lut, tf.int32)[None], [3, 1])
-
-
-def auto_contrast(image: tf.Tensor) -> tf.Tensor:
-  lo = tf.cast(tf.reduce_min(image, axis=[0, 1]), tf.int32)
-  hi = tf.cast(tf.reduce_max(image, axis=[0, 1]), tf.int32)
-  scale = 255.0 / f64(tf.maximum(hi - lo, 1))
-  offset = f64(-lo) * scale
-  mapped = f64(tf.range(256))[None, :] * scale[:, None] + offset[:, None]
-  lut = tf.clip_by_value(tf.cast(mapped, tf.int32), 0, 255)
-  return _lookup(image, tf.where((hi <= lo)[:, None], tf.range(256)[None, :], lut))
-
-
-def equalize(image: tf.Tensor) -> tf.Tensor:
-  hist = _histogram(image)
-  last = 255 - tf.argmax(tf.reverse(tf.cast(hist > 0, tf.int32), axis=[1]), axis=1,
-                         output_type=tf.int32)
-  pixels = tf.reduce_sum(hist, axis=1)
-  step = (pixels - tf.gather(hist, last, batch_dims=1)) // 255
-  cumulative = tf.cumsum(hist, axis=1, exclusive=True)
-  lut = tf.minimum((step[:, None] // 2 + cumulative) // tf.maximum(step, 1)[:, None], 255)
-  return _lookup(image, tf.where((step == 0)[:, None], tf.range(256)[None, :], lut))
-
-
-def invert(image: tf.Tensor) -> tf.Tensor:
-  return _lookup(image, _per_channel(255 - tf.range(256)))
-
-
-def posterize(image: tf.Tensor, bits) -> tf.Tensor:
-  shift = tf.clip_by_value(8 - tf.cast(bits, tf.int32), 0, 8)
-  levels = tf.range(256)
-  return _lookup(image, _per_channel(tf.bitwise.left_shift(tf.bitwise.right_shift(levels, shift),
-                                                           shift)))
-
-
-def solarize(image: tf.Tensor, threshold) -> tf.Tensor:
-  levels = tf.range(256)
-  return _lookup(image, _per_channel(tf.where(levels < tf.cast(threshold, tf.int32), levels,
-                                              255 - levels)))
-
-
-def solarize_add(image: tf.Tensor, add) -> tf.Tensor:
-  levels = tf.range(256)
-  added = tf.minimum(255, levels + tf.cast(add, tf.int32))
-  return _lookup(image, _per_channel(tf.where(levels < 128, added, levels)))
-
-
-def _products(factor) -> tf.Tensor:
-  """float32(factor) * k for k = -255 .. 255, rounded to float32 as in Pillow's blend."""
-  return tf.cast(f64(factor), tf.float32) * tf.range(-255.0, 256.0)
-
-
-def _blend_constant(image: tf.Tensor, grey, factor) -> tf.Tensor:
-  """`Image.blend` with a uniform degenerate image of level `grey`, as a LUT."""
-  grey = tf.cast(grey, tf.int32)
-  value = tf.cast(grey, tf.float32) + tf.gather(_products(factor), tf.range(256) - grey + 255)
-  return _lookup(image, _per_channel(tf.cast(tf.clip_by_value(value, 0.0, 255.0), tf.int32)))
-
-
-def brightness(image: tf.Tensor, factor) -> tf.Tensor:
-  return _blend_constant(image, 0, factor)
-
-
-def contrast(image: tf.Tensor, factor) -> tf.Tensor:
-  mean = f64(_grey_sum(image)) / f64(tf.shape(image)[0] * tf.shape(image)[1])
-  return _blend_constant(image, tf.floor(mean + 0.5), factor)
-
-
-def color(image: tf.Tensor, factor) -> tf.Tensor:
-  return _blend_grey(image, _products(factor))
-
-
-def sharpness(image: tf.Tensor, factor) -> tf.Tensor:
-  return _blend_smooth(image, _products(factor))
-
-
-# Geometric ops.
-
-
-def _affine(image: tf.Tensor, matrix: list, bicubic, fill) -> tf.Tensor:
-  """`Image.transform(size, AFFINE, matrix, BICUBIC if bicubic else BILINEAR, fillcolor=fill)`:
-  output (x, y) samples source (a x' + b y' + c, d x' + e y' + f), x' = x + 0.5, y' = y + 0.5,
-  computed in float64 in Pillow's order. `bicubic` is a Python bool or a bool tensor."""
-  a, b, c, d, e, f = (f64(v) for v in matrix)
+def _affine(image: tf.Tensor, terms: tuple[tf.Tensor, ...], fill: tf.Tensor,
+            bicubic: bool) -> tf.Tensor:
+  """`Image.transform(AFFINE)`: output (x, y) samples source (a x' + b y' + c, d x' + e y' + f),
+  x' = x + 0.5, y' = y + 0.5, summed in Pillow's order from the products given in `terms`
+  (a x' [W], b y' [H], c, d x' [W], e y' [H], f); `fill` where the source is outside."""
+  ax, by, c, dx, ey, f = terms
+  xs = (ax[None, :] + by[:, None]) + c
+  ys = (dx[None, :] + ey[:, None]) + f
   shape = tf.shape(image)
+  inside = ((xs >= 0.0) & (xs < tf.cast(shape[1], tf.float64)) & (ys >= 0.0) &
+            (ys < tf.cast(shape[0], tf.float64)))
+  out = _interpolate(image, xs - 0.5, ys - 0.5, bicubic)
+  return tf.where(inside[..., None], out, fill)
+
+
+def _posterize(image: tf.Tensor, bits: tf.Tensor) -> tf.Tensor:
+  shift = tf.clip_by_value(8 - bits, 0, 8)
+  return _lookup(image, tf.bitwise.left_shift(tf.bitwise.right_shift(_LEVELS, shift), shift))
+
+
+def _int32(image: tf.Tensor) -> tf.Tensor:
+  return tf.cast(image, tf.int32)
+
+
+# Each kernel op as f(image, level, products, terms, fill).
+_OPS = {
+    'auto_contrast': lambda image, *_: _auto_contrast(image),
+    'equalize': lambda image, *_: _equalize(image),
+    'invert': lambda image, *_: _lookup(image, 255 - _LEVELS),
+    'posterize': lambda image, level, *_: _posterize(image, level),
+    'solarize': lambda image, level, *_: _lookup(
+        image, tf.where(_LEVELS < level, _LEVELS, 255 - _LEVELS)),
+    'solarize_add': lambda image, level, *_: _lookup(
+        image, tf.where(_LEVELS < 128, tf.minimum(255, _LEVELS + level), _LEVELS)),
+    'brightness': lambda image, level, products, *_: _blend_constant(image, tf.constant(0),
+                                                                      products),
+    'contrast': lambda image, level, products, *_: _contrast(image, products),
+    'color': lambda image, level, products, *_: _blend(_int32(image), _grey(_int32(image)),
+                                                       products),
+    'sharpness': lambda image, level, products, *_: _blend(_int32(image),
+                                                           _smooth(_int32(image)), products),
+    'affine_bilinear': lambda image, level, products, terms, fill: _affine(image, terms, fill,
+                                                                            bicubic=False),
+    'affine_bicubic': lambda image, level, products, terms, fill: _affine(image, terms, fill,
+                                                                           bicubic=True),
+}
+_VECTOR = tf.TensorSpec([None], tf.float64)
+_SCALAR = tf.TensorSpec([], tf.float64)
+
+
+def _op_kernel(kind: str) -> tf.types.experimental.GenericFunction:
+  """The XLA kernel of one kernel op, for any image size."""
+  @tf.function(jit_compile=True, autograph=False, input_signature=[
+      tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([], tf.int32),
+      tf.TensorSpec([511], tf.float32), _VECTOR, _VECTOR, _SCALAR, _VECTOR, _VECTOR, _SCALAR,
+      tf.TensorSpec([3], tf.uint8)])
+  def kernel(image, level, products, ax, by, c, dx, ey, f, fill):
+    return _OPS[kind](image, level, products, (ax, by, c, dx, ey, f), fill)
+
+  return kernel
+
+
+# One kernel per op, chosen by a TensorFlow switch over the kernel calls (~15 us per branch),
+# not one kernel switching inside XLA: an XLA conditional costs per call for every branch it
+# holds, taken or not (~1 ms for these 12).
+_KERNELS = {kind: _op_kernel(kind) for kind in KINDS[1:]}
+
+
+@no_autograph
+def apply(image: tf.Tensor, ops: Ops, fill: tuple[int, int, int] = (0, 0, 0)) -> tf.Tensor:
+  """`ops` applied in order to a uint8 RGB image [H, W, 3], one XLA kernel call per op; `fill`
+  is the affine ops' colour outside the source."""
+  image = tf.convert_to_tensor(image, tf.uint8)
+  shape = tf.shape(image)
+  # The multiplications happen here, outside XLA (see the module docstring).
+  products = tf.cast(ops.factor, tf.float32)[:, None] * tf.range(-255.0, 256.0)[None, :]
   xin = tf.range(shape[1], dtype=tf.float64)[None, :] + 0.5
-  yin = tf.range(shape[0], dtype=tf.float64)[:, None] + 0.5
-  xs = a * xin + b * yin + c
-  ys = d * xin + e * yin + f
+  yin = tf.range(shape[0], dtype=tf.float64)[None, :] + 0.5
+  a, b, c, d, e, f = tf.unstack(ops.matrix, axis=1)
+  per_op = zip(tf.unstack(ops.kind), tf.unstack(ops.level), tf.unstack(products),
+               tf.unstack(a[:, None] * xin), tf.unstack(b[:, None] * yin), tf.unstack(c),
+               tf.unstack(d[:, None] * xin), tf.unstack(e[:, None] * yin), tf.unstack(f))
   fill = tf.constant(fill, tf.uint8)
-  if isinstance(bicubic, bool):
-    return _SAMPLE[bicubic](image, xs, ys, fill)
-  return tf.cond(bicubic, lambda: _SAMPLE[True](image, xs, ys, fill),
-                 lambda: _SAMPLE[False](image, xs, ys, fill))
+  out = image
+  for kind, *arguments in per_op:
+    branches = [lambda x=out: x] + [
+        lambda x=out, k=k, arguments=arguments: _KERNELS[k](x, *arguments, fill)
+        for k in KINDS[1:]]
+    out = tf.switch_case(kind, branches)
+  return tf.ensure_shape(out, image.shape)
 
 
 def _round15(x: tf.Tensor) -> tf.Tensor:
@@ -278,29 +286,10 @@ def _round15(x: tf.Tensor) -> tf.Tensor:
   return tf.round(x * 1e15) / 1e15
 
 
-def rotate(image: tf.Tensor, degrees, bicubic, fill) -> tf.Tensor:
-  """`Image.rotate(degrees, resample, fillcolor=fill)`: about the centre, same size."""
-  shape = tf.shape(image)
-  cx, cy = f64(shape[1]) / 2.0, f64(shape[0]) / 2.0
+def rotation_matrix(degrees, height, width) -> tf.Tensor:
+  """`Image.rotate(degrees)`'s affine matrix (about the centre, same size), [..., 6] float64."""
+  cx, cy = f64(width) / 2.0, f64(height) / 2.0
   angle = -(tf.math.floormod(f64(degrees), 360.0) * (math.pi / 180.0))
   cos, sin = _round15(tf.cos(angle)), _round15(tf.sin(angle))
-  matrix = [cos, sin, cos * -cx + sin * -cy + cx, -sin, cos, -sin * -cx + cos * -cy + cy]
-  return _affine(image, matrix, bicubic, fill)
-
-
-def shear_x(image, factor, bicubic, fill):
-  return _affine(image, [1.0, factor, 0.0, 0.0, 1.0, 0.0], bicubic, fill)
-
-
-def shear_y(image, factor, bicubic, fill):
-  return _affine(image, [1.0, 0.0, 0.0, factor, 1.0, 0.0], bicubic, fill)
-
-
-def translate_x_rel(image, pct, bicubic, fill):
-  pixels = f64(pct) * f64(tf.shape(image)[1])
-  return _affine(image, [1.0, 0.0, pixels, 0.0, 1.0, 0.0], bicubic, fill)
-
-
-def translate_y_rel(image, pct, bicubic, fill):
-  pixels = f64(pct) * f64(tf.shape(image)[0])
-  return _affine(image, [1.0, 0.0, 0.0, 0.0, 1.0, pixels], bicubic, fill)
+  return tf.stack([cos, sin, cos * -cx + sin * -cy + cx, -sin, cos, -sin * -cx + cos * -cy + cy],
+                  axis=-1)

@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable
 from typing import NamedTuple
 
+import numpy as np
 import tensorflow as tf
 
 from sequencer_jax.data import pil_ops
@@ -104,37 +104,47 @@ def parse_rand_augment(spec: str, **kwargs) -> RandAugmentConfig:
   return RandAugmentConfig(**{**fields, **kwargs})
 
 
-def _signed(value: tf.Tensor, negate) -> tf.Tensor:
-  return tf.where(tf.cast(negate, tf.bool), -value, value)
-
-
-def _fraction(level) -> tf.Tensor:
-  return f64(level) / _MAX_LEVEL
-
-
-def _enhance_arg(level, negate):
-  return _fraction(level) * 1.8 + 0.1
-
-
-def _enhance_increasing_arg(level, negate):
-  return 1.0 + _signed(_fraction(level) * 0.9, negate)
-
-
-_LEVEL_TO_ARG: dict[str, Callable[[tf.Tensor, tf.Tensor], tf.Tensor]] = {
-    'Rotate': lambda level, negate: _signed(_fraction(level) * 30.0, negate),
-    'Posterize': lambda level, negate: tf.floor(_fraction(level) * 4.0),
-    'PosterizeIncreasing': lambda level, negate: 4.0 - tf.floor(_fraction(level) * 4.0),
-    'Solarize': lambda level, negate: tf.floor(_fraction(level) * 256.0),
-    'SolarizeIncreasing': lambda level, negate: 256.0 - tf.floor(_fraction(level) * 256.0),
-    'SolarizeAdd': lambda level, negate: tf.floor(_fraction(level) * 110.0),
-    'ShearX': lambda level, negate: _signed(_fraction(level) * 0.3, negate),
-    'ShearY': lambda level, negate: _signed(_fraction(level) * 0.3, negate),
-    'TranslateXRel': lambda level, negate: _signed(_fraction(level) * 0.45, negate),
-    'TranslateYRel': lambda level, negate: _signed(_fraction(level) * 0.45, negate),
-    **dict.fromkeys(('Color', 'Contrast', 'Brightness', 'Sharpness'), _enhance_arg),
+# timm's level -> argument maps, as (multiplier, floored, signed, base, direction): the argument
+# is base + direction * g, g = +-(magnitude / 10 * multiplier), floored first where marked.
+_ARG_MAPS = {
+    'Rotate': (30.0, False, True, 0.0, 1.0),
+    'Posterize': (4.0, True, False, 0.0, 1.0),
+    'PosterizeIncreasing': (4.0, True, False, 4.0, -1.0),
+    'Solarize': (256.0, True, False, 0.0, 1.0),
+    'SolarizeIncreasing': (256.0, True, False, 256.0, -1.0),
+    'SolarizeAdd': (110.0, True, False, 0.0, 1.0),
+    **dict.fromkeys(('ShearX', 'ShearY'), (0.3, False, True, 0.0, 1.0)),
+    **dict.fromkeys(('TranslateXRel', 'TranslateYRel'), (0.45, False, True, 0.0, 1.0)),
+    **dict.fromkeys(('Color', 'Contrast', 'Brightness', 'Sharpness'),
+                    (1.8, False, False, 0.1, 1.0)),
     **dict.fromkeys(('ColorIncreasing', 'ContrastIncreasing', 'BrightnessIncreasing',
-                     'SharpnessIncreasing'), _enhance_increasing_arg),
+                     'SharpnessIncreasing'), (0.9, False, True, 1.0, 1.0)),
 }
+_NO_ARG = ('AutoContrast', 'Equalize', 'Invert')
+_GEOMETRIC = ('Rotate', 'ShearX', 'ShearY', 'TranslateXRel', 'TranslateYRel')
+# Each op's kernel op (`pil_ops.KINDS`); a geometric op's bicubic variant is the next kind.
+_KIND = {'AutoContrast': 'auto_contrast', 'Equalize': 'equalize', 'Invert': 'invert',
+         'Posterize': 'posterize', 'Solarize': 'solarize', 'SolarizeAdd': 'solarize_add',
+         'Color': 'color', 'Contrast': 'contrast', 'Brightness': 'brightness',
+         'Sharpness': 'sharpness', **dict.fromkeys(_GEOMETRIC, 'affine_bilinear')}
+
+
+def _check_names(names: tuple[str, ...]) -> None:
+  for name in names:
+    if name not in OPS:
+      raise ValueError(f'unknown op {name!r}; known: {OPS}')
+
+
+def _level_to_args(names: tuple[str, ...], op, magnitude, negate) -> tf.Tensor:
+  """timm's `LEVEL_TO_ARG` (float64) of the ops names[op] at `magnitude` with signs `negate`,
+  all of one shape; 0 for the ops without an argument."""
+  columns = zip(*(_ARG_MAPS.get(name, (0.0, False, False, 0.0, 1.0)) for name in names))
+  # float64 and bool columns (numpy keeps the Python floats' doubles).
+  multiplier, floored, signed, base, direction = (tf.gather(np.array(c), op) for c in columns)
+  value = f64(magnitude) / _MAX_LEVEL * multiplier
+  value = tf.where(floored, tf.floor(value), value)
+  value = tf.where(signed & tf.cast(negate, tf.bool), -value, value)
+  return base + direction * value
 
 
 def level_to_arg(name: str, magnitude, negate=False) -> tf.Tensor | None:
@@ -142,36 +152,12 @@ def level_to_arg(name: str, magnitude, negate=False) -> tf.Tensor | None:
 
   None for the ops without an argument (AutoContrast, Equalize, Invert).
   """
-  if name not in OPS:
-    raise ValueError(f'unknown op {name!r}; known: {OPS}')
-  fn = _LEVEL_TO_ARG.get(name)
-  return None if fn is None else fn(magnitude, negate)
-
-
-_GEOMETRIC = {'Rotate': pil_ops.rotate, 'ShearX': pil_ops.shear_x, 'ShearY': pil_ops.shear_y,
-              'TranslateXRel': pil_ops.translate_x_rel,
-              'TranslateYRel': pil_ops.translate_y_rel}
-_NO_ARG = {'AutoContrast': pil_ops.auto_contrast, 'Equalize': pil_ops.equalize,
-           'Invert': pil_ops.invert}
-_WITH_ARG = {'Posterize': pil_ops.posterize, 'Solarize': pil_ops.solarize,
-             'SolarizeAdd': pil_ops.solarize_add, 'Color': pil_ops.color,
-             'Contrast': pil_ops.contrast, 'Brightness': pil_ops.brightness,
-             'Sharpness': pil_ops.sharpness}
-
-
-@no_autograph
-def apply_op(image: tf.Tensor, name: str, magnitude, negate=False, bicubic=False,
-             fill: tuple[int, int, int] = IMG_MEAN_FILL) -> tf.Tensor:
-  """timm's op `name` at a (clipped) magnitude on a uint8 RGB image [H, W, 3], with its random
-  choices given: `negate` flips the argument's sign (signed ops), `bicubic` selects bicubic over
-  bilinear resampling (geometric ops); Python bools or scalar bool tensors."""
-  arg = level_to_arg(name, magnitude, negate)
-  image = tf.convert_to_tensor(image, tf.uint8)
-  if name in _GEOMETRIC:
-    return _GEOMETRIC[name](image, arg, bicubic, fill)
-  if arg is None:
-    return _NO_ARG[name](image)
-  return _WITH_ARG[name.removesuffix('Increasing')](image, arg)
+  _check_names((name,))
+  if name in _NO_ARG:
+    return None
+  magnitude = f64(magnitude)
+  negate = tf.broadcast_to(tf.cast(negate, tf.bool), tf.shape(magnitude))
+  return _level_to_args((name,), tf.zeros(tf.shape(magnitude), tf.int32), magnitude, negate)
 
 
 class LayerParams(NamedTuple):
@@ -206,23 +192,53 @@ def sample_layers(seed: tf.Tensor, config: RandAugmentConfig) -> LayerParams:
                      negate=uniform(seeds[3]) > 0.5, bicubic=bicubic)
 
 
-def _apply_layer(image: tf.Tensor, config: RandAugmentConfig, op, applied, magnitude, negate,
-                 bicubic) -> tf.Tensor:
-  def branch(name):
-    return lambda: apply_op(image, name, magnitude, negate, bicubic, config.fill)
+@no_autograph
+def layer_ops(names: tuple[str, ...], layers: LayerParams, height, width) -> pil_ops.Ops:
+  """The kernel ops (`pil_ops.Ops`) of RandAugment layers that pick from `names`, on an image
+  of `height` x `width`; a layer not applied is the identity."""
+  _check_names(names)
+  arg = _level_to_args(names, layers.op, layers.magnitude, layers.negate)
+  kind = tf.gather(tf.constant([pil_ops.KINDS.index(_KIND[n.removesuffix('Increasing')])
+                                for n in names]), layers.op)
+  geometric = tf.gather(tf.constant([n in _GEOMETRIC for n in names]), layers.op)
+  kind += tf.cast(geometric & tf.cast(layers.bicubic, tf.bool), tf.int32)
+  kind = tf.where(tf.cast(layers.applied, tf.bool), kind, pil_ops.KINDS.index('identity'))
+  one, zero = tf.ones_like(arg), tf.zeros_like(arg)
+  matrices = tf.stack([
+      tf.stack([one, zero, zero, zero, one, zero], axis=-1),  # Not geometric.
+      pil_ops.rotation_matrix(arg, height, width),
+      tf.stack([one, arg, zero, zero, one, zero], axis=-1),  # ShearX
+      tf.stack([one, zero, zero, arg, one, zero], axis=-1),  # ShearY
+      tf.stack([one, zero, arg * f64(width), zero, one, zero], axis=-1),  # TranslateXRel
+      tf.stack([one, zero, zero, zero, one, arg * f64(height)], axis=-1),  # TranslateYRel
+  ], axis=1)
+  geometry = tf.gather(tf.constant([_GEOMETRIC.index(n) + 1 if n in _GEOMETRIC else 0
+                                    for n in names]), layers.op)
+  return pil_ops.Ops(kind=kind, level=tf.cast(arg, tf.int32), factor=arg,
+                     matrix=tf.gather(matrices, geometry, batch_dims=1))
 
-  index = tf.where(applied, op, len(config.ops))
-  return tf.switch_case(index, [branch(name) for name in config.ops] + [lambda: image])
+
+@no_autograph
+def apply_op(image: tf.Tensor, name: str, magnitude, negate=False, bicubic=False,
+             fill: tuple[int, int, int] = IMG_MEAN_FILL) -> tf.Tensor:
+  """timm's op `name` at a (clipped) magnitude on a uint8 RGB image [H, W, 3], with its random
+  choices given: `negate` flips the argument's sign (signed ops), `bicubic` selects bicubic over
+  bilinear resampling (geometric ops); Python bools or scalar bool tensors."""
+  image = tf.convert_to_tensor(image, tf.uint8)
+  layer = LayerParams(op=tf.constant([0]), applied=tf.constant([True]),
+                      magnitude=tf.reshape(f64(magnitude), [1]),
+                      negate=tf.reshape(negate, [1]), bicubic=tf.reshape(bicubic, [1]))
+  shape = tf.shape(image)
+  return pil_ops.apply(image, layer_ops((name,), layer, shape[0], shape[1]), fill)
 
 
 @no_autograph
 def rand_augment(image: tf.Tensor, seed: tf.Tensor, config: RandAugmentConfig) -> tf.Tensor:
-  """timm's RandAugment on a uint8 RGB image [H, W, 3]; `seed` is a [2] int tensor."""
+  """timm's RandAugment on a uint8 RGB image [H, W, 3]; `seed` is a [2] int tensor. All layers
+  run in one kernel call."""
   image = tf.convert_to_tensor(image, tf.uint8)
-  layers = sample_layers(seed, config)
-  out = image
-  for i in range(config.num_ops):
-    out = _apply_layer(out, config, *(field[i] for field in layers))
-  return tf.ensure_shape(out, image.shape)
-
-
+  if config.num_ops == 0:
+    return image
+  shape = tf.shape(image)
+  ops = layer_ops(config.ops, sample_layers(seed, config), shape[0], shape[1])
+  return pil_ops.apply(image, ops, config.fill)
