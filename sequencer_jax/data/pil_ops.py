@@ -118,20 +118,20 @@ def _blend(x: tf.Tensor, degenerate: tf.Tensor, products: tf.Tensor) -> tf.Tenso
   return tf.cast(tf.clip_by_value(value, 0.0, 255.0), tf.uint8)
 
 
-def _blend_constant(image: tf.Tensor, grey: tf.Tensor, products: tf.Tensor) -> tf.Tensor:
-  """`Image.blend` with a uniform degenerate image of level `grey`, as a LUT."""
-  return _lookup(image, tf.cast(_blend(_LEVELS, grey, products), tf.int32))
+def _blend_constant(grey: tf.Tensor, products: tf.Tensor) -> tf.Tensor:
+  """The LUT of `Image.blend` with a uniform degenerate image of level `grey`."""
+  return tf.cast(_blend(_LEVELS, grey, products), tf.int32)
 
 
 def _auto_contrast(image: tf.Tensor) -> tf.Tensor:
-  """`ImageOps.autocontrast`: int(i * scale + offset) per channel, scale = 255 / (hi - lo),
-  offset = -lo * scale, i.e. stretch[i] - stretch[lo] with stretch = i * scale."""
+  """`ImageOps.autocontrast`'s LUTs [3, 256]: int(i * scale + offset) per channel, scale =
+  255 / (hi - lo), offset = -lo * scale, i.e. stretch[i] - stretch[lo] with stretch = i * scale."""
   lo = tf.cast(tf.reduce_min(image, axis=[0, 1]), tf.int32)
   hi = tf.cast(tf.reduce_max(image, axis=[0, 1]), tf.int32)
   stretch = tf.gather(tf.constant(_CONTRAST_STRETCH, tf.float64), tf.maximum(hi - lo, 1))
   mapped = stretch - tf.gather(stretch, lo, batch_dims=1)[:, None]
   lut = tf.clip_by_value(tf.cast(mapped, tf.int32), 0, 255)
-  return _lookup(image, tf.where((hi <= lo)[:, None], _LEVELS[None, :], lut))
+  return tf.where((hi <= lo)[:, None], _LEVELS[None, :], lut)
 
 
 def _equalize(image: tf.Tensor) -> tf.Tensor:
@@ -146,12 +146,47 @@ def _equalize(image: tf.Tensor) -> tf.Tensor:
 
 
 def _contrast(image: tf.Tensor, products: tf.Tensor) -> tf.Tensor:
-  """ImageEnhance.Contrast: blend with the grey level int(mean(L) + 0.5)."""
-  x = tf.cast(image, tf.int32)
-  total = tf.reduce_sum(tf.cast(_grey(x), tf.int64))
+  """ImageEnhance.Contrast's LUT: blend with the grey level int(mean(L) + 0.5)."""
+  total = tf.reduce_sum(tf.cast(_grey(tf.cast(image, tf.int32)), tf.int64))
   mean = tf.cast(total, tf.float64) / tf.cast(tf.shape(image)[0] * tf.shape(image)[1],
                                               tf.float64)
-  return _blend_constant(image, tf.cast(tf.floor(mean + 0.5), tf.int32), products)
+  return _blend_constant(tf.cast(tf.floor(mean + 0.5), tf.int32), products)
+
+
+def _posterize(bits: tf.Tensor) -> tf.Tensor:
+  shift = tf.clip_by_value(8 - bits, 0, 8)
+  return tf.bitwise.left_shift(tf.bitwise.right_shift(_LEVELS, shift), shift)
+
+
+# The ops that map each channel through a lookup table, as f(image, level, products) -> LUT.
+_TABLES = {
+    'auto_contrast': lambda image, level, products: _auto_contrast(image),
+    'invert': lambda image, level, products: 255 - _LEVELS,
+    'posterize': lambda image, level, products: _posterize(level),
+    'solarize': lambda image, level, products: tf.where(_LEVELS < level, _LEVELS,
+                                                        255 - _LEVELS),
+    'solarize_add': lambda image, level, products: tf.where(
+        _LEVELS < 128, tf.minimum(255, _LEVELS + level), _LEVELS),
+    'brightness': lambda image, level, products: _blend_constant(tf.constant(0), products),
+    'contrast': lambda image, level, products: _contrast(image, products),
+}
+
+
+def _table_op(image, kind, level, products) -> tf.Tensor:
+  """The lookup-table op `kind`: every table is computed (a few hundred values, and the
+  image's extremes and mean), the chosen one applied."""
+  tables = tf.stack([tf.broadcast_to(table(image, level, products), [3, 256])
+                     for table in _TABLES.values()])
+  index = tf.argmax(tf.cast(tf.equal(kind, [KINDS.index(k) for k in _TABLES]), tf.int32),
+                    output_type=tf.int32)
+  return _lookup(image, tables[index])
+
+
+def _blend_op(image, kind, products) -> tf.Tensor:
+  """Color (blend with the image's grey) or Sharpness (with its SMOOTH filter)."""
+  x = tf.cast(image, tf.int32)
+  degenerate = tf.where(kind == KINDS.index('sharpness'), _smooth(x), _grey(x))
+  return _blend(x, degenerate, products)
 
 
 def _linear(a: tf.Tensor, b: tf.Tensor, d: tf.Tensor) -> tf.Tensor:
@@ -179,12 +214,12 @@ def _interpolate(image: tf.Tensor, x: tf.Tensor, y: tf.Tensor, bicubic: bool) ->
   y0 = tf.cast(tf.clip_by_value(y0, -2.0, tf.cast(h, tf.float64)), tf.int32)
   offsets = (-1, 0, 1, 2) if bicubic else (0, 1)
   combine = _cubic if bicubic else _linear
-  pixels = tf.reshape(tf.cast(image, tf.float64), [-1, 3])
+  pixels = tf.reshape(image, [-1, 3])  # Gathered as uint8: half the time of float64 rows.
   cols = [tf.clip_by_value(x0 + k, 0, w - 1) for k in offsets]
   rows = []
   for k in offsets:
     row = tf.clip_by_value(y0 + k, 0, h - 1) * w
-    taps = [tf.gather(pixels, row + col) for col in cols]
+    taps = [tf.cast(tf.gather(pixels, row + col), tf.float64) for col in cols]
     rows.append(combine(*taps, dx))
   return tf.cast(tf.clip_by_value(combine(*rows, dy), 0.0, 255.0), tf.uint8)
 
@@ -204,57 +239,39 @@ def _affine(image: tf.Tensor, terms: tuple[tf.Tensor, ...], fill: tf.Tensor,
   return tf.where(inside[..., None], out, fill)
 
 
-def _posterize(image: tf.Tensor, bits: tf.Tensor) -> tf.Tensor:
-  shift = tf.clip_by_value(8 - bits, 0, 8)
-  return _lookup(image, tf.bitwise.left_shift(tf.bitwise.right_shift(_LEVELS, shift), shift))
-
-
-def _int32(image: tf.Tensor) -> tf.Tensor:
-  return tf.cast(image, tf.int32)
-
-
-# Each kernel op as f(image, level, products, terms, fill).
-_OPS = {
-    'auto_contrast': lambda image, *_: _auto_contrast(image),
+# The kernels, as f(image, kind, level, products, terms, fill), and the kinds each applies.
+_KERNEL_OPS = {
+    'table': lambda image, kind, level, products, terms, fill: _table_op(image, kind, level,
+                                                                        products),
     'equalize': lambda image, *_: _equalize(image),
-    'invert': lambda image, *_: _lookup(image, 255 - _LEVELS),
-    'posterize': lambda image, level, *_: _posterize(image, level),
-    'solarize': lambda image, level, *_: _lookup(
-        image, tf.where(_LEVELS < level, _LEVELS, 255 - _LEVELS)),
-    'solarize_add': lambda image, level, *_: _lookup(
-        image, tf.where(_LEVELS < 128, tf.minimum(255, _LEVELS + level), _LEVELS)),
-    'brightness': lambda image, level, products, *_: _blend_constant(image, tf.constant(0),
-                                                                      products),
-    'contrast': lambda image, level, products, *_: _contrast(image, products),
-    'color': lambda image, level, products, *_: _blend(_int32(image), _grey(_int32(image)),
-                                                       products),
-    'sharpness': lambda image, level, products, *_: _blend(_int32(image),
-                                                           _smooth(_int32(image)), products),
-    'affine_bilinear': lambda image, level, products, terms, fill: _affine(image, terms, fill,
-                                                                            bicubic=False),
-    'affine_bicubic': lambda image, level, products, terms, fill: _affine(image, terms, fill,
-                                                                           bicubic=True),
+    'blend': lambda image, kind, level, products, terms, fill: _blend_op(image, kind, products),
+    'affine_bilinear': lambda image, kind, level, products, terms, fill: _affine(
+        image, terms, fill, bicubic=False),
+    'affine_bicubic': lambda image, kind, level, products, terms, fill: _affine(
+        image, terms, fill, bicubic=True),
 }
+_KERNEL_OF = {**dict.fromkeys(_TABLES, 'table'), 'equalize': 'equalize', 'color': 'blend',
+              'sharpness': 'blend', 'affine_bilinear': 'affine_bilinear',
+              'affine_bicubic': 'affine_bicubic'}
 _VECTOR = tf.TensorSpec([None], tf.float64)
 _SCALAR = tf.TensorSpec([], tf.float64)
 
 
-def _op_kernel(kind: str) -> tf.types.experimental.GenericFunction:
-  """The XLA kernel of one kernel op, for any image size."""
+def _xla_kernel(name: str) -> tf.types.experimental.GenericFunction:
+  """The XLA kernel `name` of _KERNEL_OPS, for any image size."""
   @tf.function(jit_compile=True, autograph=False, input_signature=[
       tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([], tf.int32),
-      tf.TensorSpec([511], tf.float32), _VECTOR, _VECTOR, _SCALAR, _VECTOR, _VECTOR, _SCALAR,
-      tf.TensorSpec([3], tf.uint8)])
-  def kernel(image, level, products, ax, by, c, dx, ey, f, fill):
-    return _OPS[kind](image, level, products, (ax, by, c, dx, ey, f), fill)
+      tf.TensorSpec([], tf.int32), tf.TensorSpec([511], tf.float32), _VECTOR, _VECTOR, _SCALAR,
+      _VECTOR, _VECTOR, _SCALAR, tf.TensorSpec([3], tf.uint8)])
+  def kernel(image, kind, level, products, ax, by, c, dx, ey, f, fill):
+    return _KERNEL_OPS[name](image, kind, level, products, (ax, by, c, dx, ey, f), fill)
 
   return kernel
 
 
-# One kernel per op, chosen by a TensorFlow switch over the kernel calls (~15 us per branch),
-# not one kernel switching inside XLA: an XLA conditional costs per call for every branch it
-# holds, taken or not (~1 ms for these 12).
-_KERNELS = {kind: _op_kernel(kind) for kind in KINDS[1:]}
+# Five kernels, not one per op: an untaken branch of the switch over kernel calls still costs
+# ~0.02-0.06 ms per call (more for a larger kernel), so the lookup-table ops share one kernel.
+_KERNELS = {name: _xla_kernel(name) for name in _KERNEL_OPS}
 
 
 @no_autograph
@@ -272,12 +289,14 @@ def apply(image: tf.Tensor, ops: Ops, fill: tuple[int, int, int] = (0, 0, 0)) ->
                tf.unstack(a[:, None] * xin), tf.unstack(b[:, None] * yin), tf.unstack(c),
                tf.unstack(d[:, None] * xin), tf.unstack(e[:, None] * yin), tf.unstack(f))
   fill = tf.constant(fill, tf.uint8)
+  kernel_index = tf.constant([0] + [1 + list(_KERNELS).index(_KERNEL_OF[k]) for k in KINDS[1:]])
   out = image
   for kind, *arguments in per_op:
     branches = [lambda x=out: x] + [
-        lambda x=out, k=k, arguments=arguments: _KERNELS[k](x, *arguments, fill)
-        for k in KINDS[1:]]
-    out = tf.switch_case(kind, branches)
+        lambda x=out, kernel=kernel, kind=kind, arguments=arguments: kernel(x, kind, *arguments,
+                                                                            fill)
+        for kernel in _KERNELS.values()]
+    out = tf.switch_case(tf.gather(kernel_index, kind), branches)
   return tf.ensure_shape(out, image.shape)
 
 
