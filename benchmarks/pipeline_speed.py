@@ -12,7 +12,9 @@ timm's runs in this process with one torch thread, which is one core, as one Dat
 Each configuration runs one untimed pass (tracing, warm caches), then `--repeats` timed passes; the
 median pass gives images/s, and the process CPU time of that pass gives images per CPU-second (less
 sensitive to other load on the machine). A breakdown of ours (decode + crop, full) shows where the
-time goes.
+time goes. The evaluation transform (decode, resize the shorter side to size / crop_pct, centre
+crop) is timed too, on one core each: timm's to uint8 (its prefetcher normalises on the
+accelerator), ours to normalised float32 (our evaluation normalises on the host).
 
 torchvision is not needed: timm's own crop sampling and RandAugment run as they are, and the few
 torchvision steps between them are the PIL/torch calls torchvision makes for PIL images (listed in
@@ -27,6 +29,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import math
 import os
 import platform
 import random
@@ -45,8 +48,8 @@ import tensorflow as tf  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
-from sequencer_jax.data import pipeline  # noqa: E402
-from sequencer_jax.models.data_config import IMAGENET_MEAN  # noqa: E402
+from sequencer_jax.data import pipeline, transforms  # noqa: E402
+from sequencer_jax.models.data_config import IMAGENET_MEAN, DataConfig  # noqa: E402
 from tools.torchvision_stand_in import import_timm  # noqa: E402
 
 GOAL_IMAGES_PER_S_PER_CORE = 250.0
@@ -69,6 +72,8 @@ EMULATED = (
     "F.get_image_size (inside timm's get_params): img.size",
     "Posterize to 0 bits (PosterizeIncreasing at magnitude 10), which Pillow 13 refuses: a black "
     "image, as Pillow <= 12's posterize gave",
+    'eval: Resize(int(size / crop_pct)) -> img.resize((ow, oh), BICUBIC), shorter side to that',
+    'eval: CenterCrop(size) -> img.crop at round((extent - size) / 2)',
 )
 
 
@@ -130,6 +135,18 @@ def ours_dataset(paths: Sequence[Path], image_size: int, augment: pipeline.Train
   options.threading.private_threadpool_size = threads or 1
   return (tf.data.Dataset.from_tensor_slices([str(p) for p in paths]).enumerate()
           .map(example, num_parallel_calls=tf.data.AUTOTUNE if threads else 1)
+          .with_options(options))
+
+
+def ours_eval_dataset(paths: Sequence[Path], data_config: DataConfig) -> tf.data.Dataset:
+  """read_file + our evaluation transform (decode, resize, centre crop, normalise) on one core."""
+  options = tf.data.Options()
+  options.deterministic = True
+  options.threading.max_intra_op_parallelism = 1
+  options.threading.private_threadpool_size = 1
+  return (tf.data.Dataset.from_tensor_slices([str(p) for p in paths])
+          .map(lambda path: transforms.eval_transform(transforms.decode_rgb(tf.io.read_file(path)),
+                                                      data_config), num_parallel_calls=1)
           .with_options(options))
 
 
@@ -197,6 +214,29 @@ def timm_transform(image_size: int,
   return transform
 
 
+def timm_eval_transform(data_config: DataConfig) -> Callable[[Path], np.ndarray]:
+  """timm's `transforms_imagenet_eval(..., use_prefetcher=True)`: path in, uint8 (3, size, size)
+  out (the prefetcher normalises on the accelerator; ours normalises here, on the host)."""
+  size = data_config.input_size
+  scale_size = int(math.floor(size / data_config.crop_pct))
+  mode = {'bicubic': Image.Resampling.BICUBIC, 'bilinear': Image.Resampling.BILINEAR}[
+      data_config.interpolation]
+
+  def transform(path: Path) -> np.ndarray:
+    img = Image.open(path).convert('RGB')
+    w, h = img.size
+    if w <= h:
+      img = img.resize((scale_size, int(scale_size * h / w)), mode)
+    else:
+      img = img.resize((int(scale_size * w / h), scale_size), mode)
+    w, h = img.size
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    array = np.array(img.crop((left, top, left + size, top + size)), np.uint8)
+    return np.rollaxis(array, 2)
+
+  return transform
+
+
 def time_passes(run_pass: Callable[[], int], num_images: int,
                 repeats: int) -> tuple[float, float]:
   """(wall, CPU) seconds of the median of `repeats` timed passes, after one untimed pass.
@@ -237,13 +277,18 @@ def benchmark_ours(paths: Sequence[Path], image_size: int, repeats: int,
     seconds = time_passes(functools.partial(_count, dataset), len(paths), repeats)
     results.append(_result('ours', stage, cores or 1, len(paths), seconds))
     _print_progress(results[-1])
+  dataset = ours_eval_dataset(paths, DataConfig(input_size=image_size))
+  seconds = time_passes(functools.partial(_count, dataset), len(paths), repeats)
+  results.append(_result('ours', 'eval', 1, len(paths), seconds))
+  _print_progress(results[-1])
   return results
 
 
 def benchmark_timm(paths: Sequence[Path], image_size: int, repeats: int,
-                   seed: int = 0) -> Result:
-  """timm's pipeline, full, on one core; every pass draws the same augmentations."""
+                   seed: int = 0) -> list[Result]:
+  """timm's pipelines, full (every pass draws the same augmentations) and eval, on one core."""
   transform = timm_transform(image_size, pipeline.TrainAugment())
+  eval_transform = timm_eval_transform(DataConfig(input_size=image_size))
 
   def run_pass() -> int:
     random.seed(seed)
@@ -251,15 +296,17 @@ def benchmark_timm(paths: Sequence[Path], image_size: int, repeats: int,
     torch.manual_seed(seed)
     return _count(transform(path) for path in paths)
 
+  results = []
   threads = torch.get_num_threads()
   torch.set_num_threads(1)
   try:
-    seconds = time_passes(run_pass, len(paths), repeats)
+    for stage, run in (('full', run_pass),
+                       ('eval', lambda: _count(eval_transform(path) for path in paths))):
+      results.append(_result('timm', stage, 1, len(paths), time_passes(run, len(paths), repeats)))
+      _print_progress(results[-1])
   finally:
     torch.set_num_threads(threads)
-  result = _result('timm', 'full', 1, len(paths), seconds)
-  _print_progress(result)
-  return result
+  return results
 
 
 def _print_progress(r: Result) -> None:
@@ -270,7 +317,9 @@ def _print_progress(r: Result) -> None:
 def summary(results: Sequence[Result]) -> dict[str, float | bool | None]:
   """Ours (full) against timm per core, and whether the goals are met."""
   ours_runs = [r for r in results if r.pipeline == 'ours' and r.stage == 'full']
-  timm = next((r for r in results if r.pipeline == 'timm'), None)
+  timm = next((r for r in results if r.pipeline == 'timm' and r.stage == 'full'), None)
+  ours_eval = next((r for r in results if r.pipeline == 'ours' and r.stage == 'eval'), None)
+  timm_eval = next((r for r in results if r.pipeline == 'timm' and r.stage == 'eval'), None)
   if not ours_runs:
     raise ValueError('no result of our full pipeline')
   ours, ours_all = ours_runs[0], ours_runs[-1]
@@ -281,6 +330,10 @@ def summary(results: Sequence[Result]) -> dict[str, float | bool | None]:
       'timm_per_core': timm.images_per_s if timm else None,
       'ratio_per_core': ratio,
       'ratio_per_cpu_s': ours.images_per_cpu_s / timm.images_per_cpu_s if timm else None,
+      'eval_ours_per_core': ours_eval.images_per_s if ours_eval else None,
+      'eval_timm_per_core': timm_eval.images_per_s if timm_eval else None,
+      'eval_ratio_per_core': (ours_eval.images_per_s / timm_eval.images_per_s
+                              if ours_eval and timm_eval else None),
       'goal_per_core_met': ours.images_per_s >= GOAL_IMAGES_PER_S_PER_CORE,
       'goal_faster_than_timm_met': ratio >= GOAL_RATIO_PER_CORE if timm else None,
   }
@@ -292,8 +345,10 @@ def _print_table(results: Sequence[Result], figures: dict) -> None:
   print(header)
   print('-' * len(header))
   timm = figures['timm_per_core']
+  reference = {'full': timm, 'eval': figures['eval_timm_per_core']}
   for r in results:
-    ratio = f'{r.images_per_s_per_core / timm:.2f}x' if timm and r.stage == 'full' else '-'
+    base = reference.get(r.stage)
+    ratio = f'{r.images_per_s_per_core / base:.2f}x' if base else '-'
     print(f'{r.pipeline:8s} {r.stage:17s} {r.cores:5d} {r.median_s:7.3f} {r.images_per_s:8.1f} '
           f'{r.images_per_s_per_core:10.1f} {r.images_per_cpu_s:9.1f} {ratio:>12s}')
   goal = GOAL_IMAGES_PER_S_PER_CORE
@@ -338,7 +393,7 @@ def main(argv: list[str] | None = None) -> dict:
           f'load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}', flush=True)
     results = benchmark_ours(paths, args.image_size, args.repeats, args.threads)
     if not args.skip_timm:
-      results.append(benchmark_timm(paths, args.image_size, args.repeats))
+      results.extend(benchmark_timm(paths, args.image_size, args.repeats))
   figures = summary(results)
   _print_table(results, figures)
   timm = import_timm()

@@ -41,6 +41,17 @@ def test_both_pipelines_produce_uint8_images(jpegs):
     assert image.shape == (3, 32, 32) and image.dtype == np.uint8
 
 
+def test_both_eval_transforms_agree(jpegs):
+  """timm's emulated eval transform and ours give the same image (ours normalised)."""
+  config = bp.DataConfig(input_size=32)
+  ours = list(bp.ours_eval_dataset(jpegs, config))
+  for path, image in zip(jpegs, ours, strict=True):
+    theirs = bp.timm_eval_transform(config)(path).transpose(1, 2, 0) / 255.0
+    theirs = (theirs - np.array(config.mean)) / np.array(config.std)
+    assert image.shape == (32, 32, 3) and image.dtype == np.float32
+    assert np.abs(image - theirs).mean() < 0.5 / 255 / min(config.std)
+
+
 def test_time_passes_checks_the_count_and_skips_the_warmup_pass():
   calls = []
   wall, cpu = bp.time_passes(lambda: calls.append(1) or 2, num_images=2, repeats=3)
@@ -57,9 +68,10 @@ def test_main_prints_a_table_and_one_json_line(jpegs, capsys, tmp_path, monkeypa
                     '--image-size', '32', '--threads', '2', '--json', str(tmp_path / 'r.json')])
   out = capsys.readouterr().out
   assert [(r['pipeline'], r['stage'], r['cores']) for r in record['results']] == [
-      ('ours', 'decode+crop', 1), ('ours', 'full', 1), ('ours', 'full', 2),
-      ('timm', 'full', 1)]
+      ('ours', 'decode+crop', 1), ('ours', 'full', 1), ('ours', 'full', 2), ('ours', 'eval', 1),
+      ('timm', 'full', 1), ('timm', 'eval', 1)]
   assert all(r['images_per_s'] > 0 for r in record['results'])
-  assert record['ratio_per_core'] > 0 and record['num_images'] == 2
+  assert record['ratio_per_core'] > 0 and record['eval_ratio_per_core'] > 0
+  assert record['num_images'] == 2 and record['goal_ratio_per_core'] == 1.5
   assert 'vs timm/core' in out and 'emulated' in out
   assert json.loads(out.strip().splitlines()[-1]) == json.loads((tmp_path / 'r.json').read_text())
