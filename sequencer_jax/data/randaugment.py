@@ -193,7 +193,7 @@ def sample_layers(seed: tf.Tensor, config: RandAugmentConfig) -> LayerParams:
 
 
 @no_autograph
-def layer_ops(names: tuple[str, ...], layers: LayerParams, height, width) -> pil_ops.Ops:
+def _layer_ops(names: tuple[str, ...], layers: LayerParams, height, width) -> pil_ops.Ops:
   """The kernel ops (`pil_ops.Ops`) of RandAugment layers that pick from `names`, on an image
   of `height` x `width`; a layer not applied is the identity."""
   _check_names(names)
@@ -229,16 +229,16 @@ def apply_op(image: tf.Tensor, name: str, magnitude, negate=False, bicubic=False
                       magnitude=tf.reshape(f64(magnitude), [1]),
                       negate=tf.reshape(negate, [1]), bicubic=tf.reshape(bicubic, [1]))
   shape = tf.shape(image)
-  return pil_ops.apply(image, layer_ops((name,), layer, shape[0], shape[1]), fill)
+  return pil_ops.apply(image, _layer_ops((name,), layer, shape[0], shape[1]), fill)
 
 
 @no_autograph
 def rand_augment(image: tf.Tensor, seed: tf.Tensor, config: RandAugmentConfig) -> tf.Tensor:
-  """timm's RandAugment on a uint8 RGB image [H, W, 3]; `seed` is a [2] int tensor. All layers
-  run in one kernel call."""
+  """timm's RandAugment on a uint8 RGB image [H, W, 3]; `seed` is a [2] int tensor. One
+  kernel call per layer."""
   image = tf.convert_to_tensor(image, tf.uint8)
   if config.num_ops == 0:
     return image
   shape = tf.shape(image)
-  ops = layer_ops(config.ops, sample_layers(seed, config), shape[0], shape[1])
+  ops = _layer_ops(config.ops, sample_layers(seed, config), shape[0], shape[1])
   return pil_ops.apply(image, ops, config.fill)
