@@ -341,7 +341,7 @@ def summary(results: Sequence[Result]) -> dict[str, float | bool | None]:
 
 def _print_table(results: Sequence[Result], figures: dict) -> None:
   header = (f'{"pipeline":8s} {"stage":17s} {"cores":>5s} {"s/pass":>7s} {"img/s":>8s} '
-            f'{"img/s/core":>10s} {"img/CPU-s":>9s} {"vs timm/core":>12s}')
+            f'{"img/s/core":>10s} {"img/CPU-s":>9s} {"CPU ms/img":>10s} {"vs timm/core":>12s}')
   print(header)
   print('-' * len(header))
   timm = figures['timm_per_core']
@@ -350,7 +350,8 @@ def _print_table(results: Sequence[Result], figures: dict) -> None:
     base = reference.get(r.stage)
     ratio = f'{r.images_per_s_per_core / base:.2f}x' if base else '-'
     print(f'{r.pipeline:8s} {r.stage:17s} {r.cores:5d} {r.median_s:7.3f} {r.images_per_s:8.1f} '
-          f'{r.images_per_s_per_core:10.1f} {r.images_per_cpu_s:9.1f} {ratio:>12s}')
+          f'{r.images_per_s_per_core:10.1f} {r.images_per_cpu_s:9.1f} '
+          f'{1e3 / r.images_per_cpu_s:10.2f} {ratio:>12s}')
   goal = GOAL_IMAGES_PER_S_PER_CORE
   print(f'goal >= {goal:.0f} img/s per core: '
         f'{"met" if figures["goal_per_core_met"] else "NOT met"} '

@@ -73,5 +73,5 @@ def test_main_prints_a_table_and_one_json_line(jpegs, capsys, tmp_path, monkeypa
   assert all(r['images_per_s'] > 0 for r in record['results'])
   assert record['ratio_per_core'] > 0 and record['eval_ratio_per_core'] > 0
   assert record['num_images'] == 2 and record['goal_ratio_per_core'] == 1.5
-  assert 'vs timm/core' in out and 'emulated' in out
+  assert 'vs timm/core' in out and 'CPU ms/img' in out and 'emulated' in out
   assert json.loads(out.strip().splitlines()[-1]) == json.loads((tmp_path / 'r.json').read_text())
