@@ -33,8 +33,8 @@ def color_jitter_params(seed: tf.Tensor, brightness: float = 0.4, contrast: floa
 
 @no_autograph
 def apply_color_jitter(image: tf.Tensor, factors: tf.Tensor, order: tf.Tensor) -> tf.Tensor:
-  """ImageEnhance Brightness (0), Contrast (1), Color (2) with `factors`, in `order`, in one
-  kernel call."""
+  """ImageEnhance Brightness (0), Contrast (1), Color (2) with `factors`, in `order` (one kernel
+  call each)."""
   kinds = tf.constant([pil_ops.KINDS.index(k) for k in ('brightness', 'contrast', 'color')])
   ops = pil_ops.Ops(kind=tf.gather(kinds, order), level=tf.zeros([3], tf.int32),
                     factor=tf.gather(factors, order),

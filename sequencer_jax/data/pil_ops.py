@@ -24,11 +24,12 @@ Pillow's arithmetic is reproduced op by op:
 
 A sequence of ops (`Ops`: RandAugment's layers, ColorJitter's three enhancements) runs as one
 XLA-compiled kernel call per op. Each op's arguments are prepared for the whole sequence first,
-so the switch that picks an op's kernel has one kernel call per branch. Untaken branches still
-cost ~0.1 ms each in dead graph work (~1.2 ms per RandAugment layer, against ~2 ms when each
-branch held its op's own preparation); one kernel switching inside XLA is no cheaper, as an XLA
-conditional costs per call for every branch it holds. XLA compiles each kernel once per image size (every tf.data iterator
-keeps its own cache), so this is meant for fixed-size images such as RandomResizedCrop's output.
+so the switch that picks an op's kernel has one kernel call per branch. The untaken kernel
+branches still cost ~1.1 ms per RandAugment layer in all (against ~2 ms when each branch held its
+op's own preparation); one kernel switching inside XLA is no cheaper, as an XLA conditional
+costs per call for every branch it holds. XLA compiles each kernel once per image size (every
+tf.data iterator keeps its own cache), so this is meant for fixed-size images such as
+RandomResizedCrop's output.
 
 XLA on the CPU contracts a multiply followed by an add into one FMA, which rounds differently
 from Pillow's separate operations. So no float multiply-add reaches the kernel: the products are
@@ -78,8 +79,7 @@ _CONTRAST_STRETCH = np.arange(256.0)[None, :] * np.concatenate(
 
 
 def _lookup(image: tf.Tensor, lut: tf.Tensor) -> tf.Tensor:
-  """out[..., c] = lut[c, image[..., c]], `lut` [3, 256] (or [256]) int32 in [0, 255]."""
-  lut = tf.broadcast_to(lut, [3, 256])
+  """out[..., c] = lut[c, image[..., c]], `lut` [3, 256] int32 in [0, 255]."""
   index = tf.cast(image, tf.int32) + tf.range(0, 768, 256)
   return tf.cast(tf.gather(tf.reshape(lut, [-1]), index), tf.uint8)
 
@@ -269,9 +269,11 @@ def _xla_kernel(name: str) -> tf.types.experimental.GenericFunction:
   return kernel
 
 
-# Five kernels, not one per op: an untaken branch of the switch over kernel calls still costs
-# ~0.02-0.06 ms per call (more for a larger kernel), so the lookup-table ops share one kernel.
+# Five kernels, not one per op: the untaken branches of the switch over kernel calls still cost
+# per call, more for more and larger kernels (~1.1 ms in all for these five, ~1.3 ms for twelve).
 _KERNELS = {name: _xla_kernel(name) for name in _KERNEL_OPS}
+# The switch branch of each kind: 0 (the identity), else 1 + its kernel's position.
+_BRANCH = (0,) + tuple(1 + list(_KERNELS).index(_KERNEL_OF[kind]) for kind in KINDS[1:])
 
 
 @no_autograph
@@ -289,14 +291,13 @@ def apply(image: tf.Tensor, ops: Ops, fill: tuple[int, int, int] = (0, 0, 0)) ->
                tf.unstack(a[:, None] * xin), tf.unstack(b[:, None] * yin), tf.unstack(c),
                tf.unstack(d[:, None] * xin), tf.unstack(e[:, None] * yin), tf.unstack(f))
   fill = tf.constant(fill, tf.uint8)
-  kernel_index = tf.constant([0] + [1 + list(_KERNELS).index(_KERNEL_OF[k]) for k in KINDS[1:]])
   out = image
   for kind, *arguments in per_op:
     branches = [lambda x=out: x] + [
         lambda x=out, kernel=kernel, kind=kind, arguments=arguments: kernel(x, kind, *arguments,
                                                                             fill)
         for kernel in _KERNELS.values()]
-    out = tf.switch_case(tf.gather(kernel_index, kind), branches)
+    out = tf.switch_case(tf.gather(_BRANCH, kind), branches)
   return tf.ensure_shape(out, image.shape)
 
 
