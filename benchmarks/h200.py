@@ -10,7 +10,8 @@ process), in this order, until the time budget is spent; a phase that does not f
 recorded as such and the others still run:
 
   required      ours (fused_vjp, unroll 1) and timm eager AMP, inference and training step;
-                batch-1 latency of both
+                batch-1 latency of both; the step's augmentation alone (resize from the
+                512 canvas, flip, RandAugment, mixup, erasing), as a share of our training step
   timm_compile  timm under torch.compile, inference
   grid          every rnn_impl x unroll {1, 4, full}, inference and training step
   loop_flags    the grid's fastest inference and training configurations again with XLA:GPU's
@@ -153,6 +154,7 @@ def kernel_time_split(events: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _fastest(results: list[dict[str, Any]], mode: str) -> dict[str, Any] | None:
+  """Our fastest measurement of `mode` at the full batch."""
   ours = [r for r in results if r['framework'] == 'jax' and r['mode'] == mode and 'median_s' in r
           and r['batch'] != 1]
   return min(ours, key=lambda r: r['median_s']) if ours else None
@@ -165,7 +167,8 @@ def phases(sizes: Sizes) -> list[tuple[str, str, Callable[[list], list[dict[str,
   def required(_):
     return [_jax_item('infer', 'fused_vjp', 1), _jax_item('train', 'fused_vjp', 1),
             _torch_item('infer', 'eager'), _torch_item('train', 'eager'),
-            _jax_item('infer', 'fused_vjp', full, batch=1), _torch_item('infer', 'eager', batch=1)]
+            _jax_item('infer', 'fused_vjp', full, batch=1), _torch_item('infer', 'eager', batch=1),
+            _jax_item('augment', 'fused_vjp', 1)]
 
   def grid(done):
     seen = {(r['mode'], r.get('impl'), r.get('unroll')) for r in done
@@ -221,6 +224,7 @@ def summary(results: list[dict[str, Any]], skipped: list[str], versions: dict[st
   required_train = get('jax', 'train', phase='required')
   ours_b1, timm_b1 = get('jax', 'infer', batch_one=True), get('torch', 'infer', batch_one=True,
                                                               variant='eager')
+  augment = get('jax', 'augment')
   rate = lambda r: None if r is None else r['images_per_s']
   ratio = lambda a, b: None if a is None or b is None else rate(a) / rate(b)
   figures = {
@@ -239,6 +243,10 @@ def summary(results: list[dict[str, Any]], skipped: list[str], versions: dict[st
       'infer_vs_timm_eager_amp': ratio(best_infer, eager_infer),
       'infer_vs_timm_compile': ratio(best_infer, compiled),
       'train_vs_timm_eager_amp': ratio(best_train, eager_train),
+      'augment_ms_per_image': augment and 1e3 * augment['median_s'] / augment['batch'],
+      # The goal: at most 0.05 of the training step at the same batch.
+      'augment_share_of_train_step': (augment and required_train and
+                                      augment['median_s'] / required_train['median_s']),
   }
   return {'versions': versions, MODEL: figures, 'profile': profile_result, 'skipped': skipped,
           'measurements': results}

@@ -8,8 +8,11 @@ steps, then times `--steps` steps one by one (results synchronised before the cl
 reports the median: images/s, ms per step, peak device memory and MFU from analytic FLOPs
 (FLOPs = 2 x MACs including every LSTM gate matmul; a training step counts 3x the forward pass).
 The training step timed is the trainer's own (`sequencer_jax.train.step.make_train_step`): the
-paper's recipe with Mixup/CutMix and label smoothing inside the step, drop path 0.1, AdamW with
-its weight-decay mask and cosine schedule, the state sharded over a 'data' mesh of every device.
+paper's recipe with its augmentation inside the step (the resize of each crop from the host's
+canvas, flip, RandAugment, Mixup/CutMix, label smoothing, erasing; crops drawn as
+RandomResizedCrop draws them from 500 x 375 images), drop path 0.1, AdamW with its weight-decay
+mask and cosine schedule, the state sharded over a 'data' mesh of every device. `--mode augment`
+times that augmentation alone (timm runs it on the host: there is no timm figure beside it).
 timm runs eager (bf16 autocast for --dtype bfloat16) and, with `--torch-compile`, compiled.
 JAX's peak memory is the process's peak so far (XLA cannot reset it): for a clean per-config
 figure, run one configuration per process. JAX's GPU memory preallocation is switched off here so
@@ -36,7 +39,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sequencer_jax.data.device_augment import DeviceAugment  # noqa: E402
+from sequencer_jax.data import pil_resize  # noqa: E402
+from sequencer_jax.data.device_augment import DeviceAugment, augment_batch  # noqa: E402
 from sequencer_jax.data.mixup import MixupConfig  # noqa: E402
 from sequencer_jax.models import (Sequencer, abstract_params, create_model, list_models,  # noqa: E402
                                   model_info)
@@ -96,13 +100,39 @@ def _peak_memory_gb() -> float | None:
   return None if peak is None else peak / 2**30
 
 
+def host_batch(rng: np.random.Generator, batch: int, image_size: int) -> dict[str, np.ndarray]:
+  """A batch as the host pipeline yields it for training at `image_size`: random canvases of the
+  default side (scaled with the image size), RandomResizedCrop's crop sizes (scale (0.08, 1),
+  ratio (3/4, 4/3)) of 500 x 375 images scaled to the canvas, random filters and labels."""
+  canvas = max(image_size, round(image_size * pil_resize.CANVAS_SIZE / 224))
+  area = rng.uniform(0.08, 1.0, batch) * (canvas * canvas * 0.75)
+  aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3), batch))
+  sides = np.stack([np.sqrt(area / aspect), np.sqrt(area * aspect)], axis=1)
+  return {'image': rng.integers(0, 256, (batch, canvas, canvas, 3), np.uint8),
+          'crop_size': np.clip(np.round(sides), 1, canvas).astype(np.int32),
+          'bicubic': rng.random(batch) < 0.5, 'label': rng.integers(0, 1000, batch)}
+
+
+def paper_augment(num_classes: int, image_size: int) -> DeviceAugment:
+  """The paper's augmentation in the step: RandAugment rand-m9-mstd0.5-inc1, Mixup/CutMix per
+  group of 256, smoothing 0.1, erasing 0.25."""
+  return DeviceAugment(num_classes, image_size, mixup=MixupConfig(num_classes=num_classes))
+
+
 def jax_benchmark(name: str, image_size: int, dtype: str, mode: str, batch: int, impl: str,
                   unroll: int, warmup: int, steps: int) -> float:
-  """Median seconds per step of our model: its forward pass, or the trainer's training step."""
+  """Median seconds per step of our model: its forward pass, the trainer's training step, or
+  that step's augmentation alone."""
+  rng = np.random.default_rng(1)
+  if mode == 'augment':
+    augment = paper_augment(1000, image_size)
+    run = jax.jit(lambda b, key: augment_batch(b, key, augment))
+    data = jax.device_put(host_batch(rng, batch, image_size))
+    keys = iter(jax.random.split(jax.random.key(0), warmup + steps))
+    return time_steps(lambda: run(data, next(keys)), jax.block_until_ready, warmup, steps)
   model = create_model(name, dtype=DTYPES[dtype], rnn_impl=impl, rnn_unroll=unroll,
                        drop_path_rate=DROP_PATH_RATE if mode == 'train' else 0.0)
   variables = random_params(model)
-  rng = np.random.default_rng(1)
   if mode == 'infer':
     images = rng.normal(size=(batch, image_size, image_size, 3)).astype(np.float32)
     apply = jax.jit(model.apply)
@@ -112,12 +142,9 @@ def jax_benchmark(name: str, image_size: int, dtype: str, mode: str, batch: int,
   optimizer = optim.create_optimizer(optim.learning_rate_schedule(optim.ScheduleConfig(), 1000))
   state, shardings = create_train_state(model, optimizer, image_size=image_size, seed=0,
                                         mesh=mesh, params=variables['params'])
-  # The paper's: Mixup/CutMix per group of 256, smoothing 0.1, erasing 0.25, on uint8 images.
-  augment = DeviceAugment(model.num_classes, mixup=MixupConfig(num_classes=model.num_classes))
-  update = make_train_step(model, optimizer, augment=augment, mesh=mesh,
-                           state_shardings=shardings)
-  images = rng.integers(0, 256, (batch, image_size, image_size, 3), np.uint8)
-  data = sharding.global_batch({'image': images, 'label': rng.integers(0, 1000, batch)}, mesh)
+  update = make_train_step(model, optimizer, augment=paper_augment(model.num_classes, image_size),
+                           mesh=mesh, state_shardings=shardings)
+  data = sharding.global_batch(host_batch(rng, batch, image_size), mesh)
   current = [state]
 
   def step() -> Any:
@@ -168,7 +195,7 @@ def torch_benchmark(name: str, image_size: int, dtype: str, mode: str, batch: in
 
 def _mfu(name: str, image_size: int, dtype: str, mode: str, batch: int, seconds: float,
          peak_tflops: float | None) -> float | None:
-  if peak_tflops is None:
+  if peak_tflops is None or mode == 'augment':
     return None
   flops = forward_flops(model_info(name).arch, image_size, image_size) * batch
   return flops * (3 if mode == 'train' else 1) / seconds / (peak_tflops * 1e12)
@@ -179,7 +206,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--model', action='append', choices=list_models(), metavar='NAME')
   p.add_argument('--image-size', action='append', type=int)
   p.add_argument('--dtype', action='append', choices=sorted(DTYPES))
-  p.add_argument('--mode', action='append', choices=('infer', 'train'))
+  p.add_argument('--mode', action='append', choices=('infer', 'train', 'augment'))
   p.add_argument('--impl', action='append', choices=RNN_IMPLS)
   p.add_argument('--batch-size', type=int, default=256)
   p.add_argument('--unroll', type=int, default=1, help='scan unroll factor')
@@ -205,7 +232,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
         for mode in args.mode or ['infer']:
           config = (name, size, dtype, mode, args.batch_size)
           runs = [('jax', impl) for impl in args.impl or ['fused_vjp']]
-          if args.compare_torch:
+          if args.compare_torch and mode != 'augment':
             runs += [('torch', 'eager')] + ([('torch', 'compile')] if args.torch_compile else [])
           for framework, variant in runs:
             memory = None

@@ -17,6 +17,7 @@ def get_config():
   config = default.get_config()
   config.model.num_classes = 10
   config.data.dataset = 'cifar10'
+  config.data.canvas_size = 224  # Crops of 32 x 32 images; the canvas is at least image_size.
   config.evals.val.split = 'test'
   config.global_batch_size = 512
   config.optim.lr = 1e-4

@@ -31,6 +31,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.train_split = 'train'
   config.data.image_size = 224  # --img-size
   config.data.crop_pct = 0.875  # --crop-pct (evaluation)
+  # Side of the uint8 canvas that carries each training crop to the device, where it is resized:
+  # every crop of an image up to 512 x 512 fits (ImageNet's are mostly 500 on the longer side);
+  # a larger crop is resized on the host. At least image_size; small-image datasets use less.
+  config.data.canvas_size = 512
   # Images whose header declares more pixels are skipped undecoded and named (PIL's limit).
   config.data.max_pixels = 89_478_485
 

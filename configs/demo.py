@@ -23,6 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.dataset = ''  # Empty: <workdir>/data, generated on the first run.
   config.evals.val.split = 'val'
   config.data.image_size = 48
+  config.data.canvas_size = 48  # The generated images are 48 x 48: every crop fits.
   config.data.crop_pct = 1.0
   config.aug.scale = (0.35, 1.0)
   config.aug.auto_augment = 'rand-m5-mstd0.5-inc1'

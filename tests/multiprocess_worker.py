@@ -30,6 +30,14 @@ class _SharesOfTwo:
     self.parts = parts
     self.skipped: list[str] = []
 
+  @property
+  def images(self) -> int:
+    return sum(p.images for p in self.parts)
+
+  @property
+  def host_resized(self) -> int:
+    return sum(p.host_resized for p in self.parts)
+
   def __iter__(self):
     for halves in zip(*self.parts):
       yield {k: np.concatenate([h[k] for h in halves]) for k in halves[0]}

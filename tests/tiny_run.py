@@ -30,6 +30,7 @@ def tiny_config(dataset: str, **changes: Any) -> ml_collections.ConfigDict:
   config = demo.get_config()
   config.data.dataset = dataset
   config.data.image_size = 16
+  config.data.canvas_size = 16  # The images are 16 x 16: every crop fits.
   config.model.arch.layers = (1, 1)
   config.model.arch.embed_dims = (16, 32)
   config.model.arch.hidden_sizes = (4, 8)

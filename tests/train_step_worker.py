@@ -27,6 +27,7 @@ ARCH = SequencerArch(layers=(2,), patch_sizes=(4,), embed_dims=(16,), hidden_siz
 NUM_CLASSES = 10
 NUM_DEVICES = 8
 BATCH, IMAGE_SIZE, STEPS = 32, 16, 3
+CANVAS = 24  # The host's canvases: crops of 4 to 24 pixels a side, resized to 16 in the step.
 FSDP_MIN_SIZE = 256  # The tiny model's arrays are small: shard all but the smallest.
 BIG_LEAF = 'stages_0_blocks_0/mlp_channels/fc1/kernel'  # (16, 48): sharded on its 48.
 
@@ -45,14 +46,18 @@ def random_params(model: Sequencer, seed: int) -> dict:
 
 
 def batches(seed: int) -> list[dict[str, np.ndarray]]:
-  """`STEPS` random global batches of images and labels."""
+  """`STEPS` random global batches as the host yields them: canvases, crop sizes, filters and
+  labels."""
   rng = np.random.default_rng(seed)
-  return [{'image': rng.integers(0, 256, (BATCH, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8),
+  return [{'image': rng.integers(0, 256, (BATCH, CANVAS, CANVAS, 3), np.uint8),
+           'crop_size': rng.integers(4, CANVAS + 1, (BATCH, 2)).astype(np.int32),
+           'bicubic': rng.random(BATCH) < 0.5,
            'label': rng.integers(0, NUM_CLASSES, BATCH).astype(np.int32)} for _ in range(STEPS)]
 
 
 def run(num_devices: int, fsdp: bool) -> dict[str, np.ndarray]:
-  """`STEPS` steps with mixup, cutmix and drop path on `num_devices` devices.
+  """`STEPS` steps with the paper's augmentation in the step (resize, flip, RandAugment, mixup,
+  cutmix, erasing) and drop path on `num_devices` devices.
 
   The optimizer is SGD with momentum after global-norm clipping: the parameters are linear in
   the gradients. AdamW's per-element normalisation would magnify the rounding of gradient
@@ -68,8 +73,8 @@ def run(num_devices: int, fsdp: bool) -> dict[str, np.ndarray]:
   state, shardings = create_train_state(
       model, optimizer, image_size=IMAGE_SIZE, seed=0, mesh=mesh, fsdp=fsdp,
       fsdp_min_size=FSDP_MIN_SIZE, params=random_params(model, seed=0))
-  # Mixup per group of 8 and erasing, in the step: the same on any number of devices.
-  augment = DeviceAugment(NUM_CLASSES, mixup=MixupConfig(NUM_CLASSES), group_size=8)
+  # Mixup per group of 8, in the step: the same on any number of devices.
+  augment = DeviceAugment(NUM_CLASSES, IMAGE_SIZE, mixup=MixupConfig(NUM_CLASSES), group_size=8)
   step = make_train_step(model, optimizer, augment=augment, mesh=mesh, state_shardings=shardings)
   metrics = []
   for batch in batches(seed=1):

@@ -43,7 +43,8 @@ _RESUMED = re.compile(r'resumed from \S+ at step (\d+)')
 
 def soak_overrides(dataset: str, epochs: int) -> dict[str, Any]:
   """configs/demo.py shrunk: a 2-block model on 16-pixel images, a checkpoint every step."""
-  return {'data.dataset': dataset, 'data.image_size': 16, 'model.arch.layers': (1, 1),
+  return {'data.dataset': dataset, 'data.image_size': 16, 'data.canvas_size': 16,
+          'model.arch.layers': (1, 1),
           'model.arch.embed_dims': (16, 32), 'model.arch.hidden_sizes': (4, 8),
           'global_batch_size': 16, 'eval_batch_size': 16, 'optim.epochs': epochs,
           'optim.warmup_epochs': 1, 'log_every_steps': 1, 'checkpoint_every_steps': 1,

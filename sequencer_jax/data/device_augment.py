@@ -1,14 +1,21 @@
 """The training augmentation that runs inside the jitted step, in the order of timm 0.5.4's
-prefetcher, which the paper's training used (no TensorFlow here).
+transforms and prefetcher, which the paper's training used (no TensorFlow here).
 
-The host pipeline yields uint8 images. Then, as the original `train.py` with `--mixup 0.8 --cutmix
-1.0 --reprob 0.25` and its prefetcher on:
+The host pipeline yields each image's RandomResizedCrop window on a uint8 canvas, with its size
+and the filter drawn for it (`pipeline.train_batches`). Then, per image, with draws of its own:
 
-1. `FastCollateMixup`: Mixup/CutMix per group of `group_size` consecutive images (the original's
+1. the resize of the crop to `image_size`, Pillow's (`pil_resize.py`, bit-exact), and
+   `RandomHorizontalFlip` (`hflip`);
+2. `RandAugment` (`randaugment.py`), or torchvision's `ColorJitter` when it is off;
+
+then, as the original `train.py` with `--mixup 0.8 --cutmix 1.0 --reprob 0.25` and its
+prefetcher on:
+
+3. `FastCollateMixup`: Mixup/CutMix per group of `group_size` consecutive images (the original's
    per-GPU batch of 256): one lambda and one CutMix box per group, each image mixed with its
    mirror in the reversed group, the mixed pixels rounded back to uint8; smoothed, mixed targets.
-2. Normalisation with the ImageNet mean and std (the prefetcher's `(x - 255 mean) / (255 std)`).
-3. `RandomErasing` (pixel mode, one box) per image, on the normalised images: with probability
+4. Normalisation with the ImageNet mean and std (the prefetcher's `(x - 255 mean) / (255 std)`).
+5. `RandomErasing` (pixel mode, one box) per image, on the normalised images: with probability
    `reprob`, up to ten attempts of area fraction U(0.02, 1/3) and log-uniform aspect ratio in
    (0.3, 1/0.3); the first box strictly inside the image is placed uniformly and filled with
    per-pixel N(0, 1) noise.
@@ -18,10 +25,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from sequencer_jax.data import color_jitter, pil_resize, randaugment
 from sequencer_jax.data.mixup import MixupConfig, mixup_cutmix, smooth_one_hot
 from sequencer_jax.models.data_config import IMAGENET_MEAN, IMAGENET_STD
 
@@ -35,6 +45,12 @@ class DeviceAugment:
   """The step's augmentation; each field names its timm flag."""
 
   num_classes: int
+  image_size: int  # --img-size: the resize's output
+  hflip: float = 0.5  # --hflip
+  # --aa rand-m9-mstd0.5-inc1 (None: off), with --train-interpolation random.
+  rand_augment: randaugment.RandAugmentConfig | None = randaugment.parse_rand_augment(
+      'rand-m9-mstd0.5-inc1')
+  color_jitter: float = 0.4  # --color-jitter, only when rand_augment is None
   label_smoothing: float = 0.1  # --smoothing
   mixup: MixupConfig | None = None  # --mixup, --cutmix, ... (None: both off)
   group_size: int = 256  # -b of the original's per-GPU batch: one lambda per group
@@ -48,6 +64,9 @@ class DeviceAugment:
       raise ValueError(f'the mixup config (smoothing {self.mixup.label_smoothing}, '
                        f'{self.mixup.num_classes} classes) disagrees with label_smoothing '
                        f'{self.label_smoothing} and num_classes {self.num_classes}')
+    if not 0.0 <= self.hflip <= 1.0 or self.color_jitter < 0:
+      raise ValueError(f'hflip {self.hflip} must be in [0, 1] and color_jitter '
+                       f'{self.color_jitter} >= 0')
     if self.group_size < 1 or not 0.0 <= self.reprob <= 1.0:
       raise ValueError(f'group_size {self.group_size} must be >= 1 and reprob {self.reprob} '
                        f'in [0, 1]')
@@ -131,10 +150,49 @@ def erase(images: jax.Array, draws: ErasingDraws, reprob: float) -> jax.Array:
   return jnp.where(inside[..., None], draws.noise.astype(images.dtype), images)
 
 
-def augment_batch(images: jax.Array, labels: jax.Array, rng: jax.Array,
+class TransformDraws(NamedTuple):
+  """The random choices of `pil_transform` for a batch of n images."""
+
+  flip: jax.Array  # (n,) bool
+  layers: randaugment.LayerParams | None  # RandAugment's, when it is on
+  jitter: tuple[jax.Array, jax.Array] | None  # ColorJitter's (factors, order), when it is on
+
+
+def transform_draws(rng: jax.Array, batch: int, config: DeviceAugment) -> TransformDraws:
+  """Fresh draws for `batch` images."""
+  flip_rng, colour_rng = jax.random.split(rng)
+  layers = jitter = None
+  if config.rand_augment is not None:
+    layers = randaugment.sample_layers(colour_rng, batch, config.rand_augment)
+  elif config.color_jitter > 0:
+    strength = config.color_jitter
+    jitter = color_jitter.color_jitter_params(colour_rng, batch, strength, strength, strength)
+  return TransformDraws(flip=jax.random.uniform(flip_rng, (batch,)) < config.hflip,
+                        layers=layers, jitter=jitter)
+
+
+def pil_transform(canvas: jax.Array, crop_size: jax.Array, bicubic: jax.Array,
+                  draws: TransformDraws, config: DeviceAugment) -> jax.Array:
+  """timm's PIL transforms after the crop, with `draws`: resize to `image_size` with each
+  image's filter, horizontal flip, RandAugment (or ColorJitter). uint8 canvases [B, S, S, 3] with
+  their crops' (height, width) -> uint8 [B, image_size, image_size, 3]."""
+  images = pil_resize.resize_crops(canvas, crop_size, bicubic, config.image_size, draws.flip)
+  if draws.layers is not None:
+    return randaugment.rand_augment(images, draws.layers, config.rand_augment)
+  if draws.jitter is not None:
+    return color_jitter.apply_color_jitter(images, *draws.jitter)
+  return images
+
+
+def augment_batch(batch: Mapping[str, jax.Array], rng: jax.Array,
                   config: DeviceAugment) -> tuple[jax.Array, jax.Array]:
-  """uint8 NHWC images and integer labels -> normalised, mixed, erased images and soft targets."""
-  mix_rng, erase_rng = jax.random.split(rng)
+  """The host's batch ('image' canvases, 'crop_size', 'bicubic', integer 'label') -> normalised,
+  augmented, mixed, erased images and soft targets."""
+  pil_rng, mix_rng, erase_rng = jax.random.split(rng, 3)
+  canvas = batch['image']
+  images = pil_transform(canvas, batch['crop_size'], batch['bicubic'],
+                         transform_draws(pil_rng, canvas.shape[0], config), config)
+  labels = batch['label']
   if config.mixup is None:
     targets = smooth_one_hot(labels, config.num_classes, config.label_smoothing)
   else:

@@ -35,6 +35,10 @@ import math
 import jax
 import jax.numpy as jnp
 
+# The default canvas side (`config.data.canvas_size`): every RandomResizedCrop crop of an image up
+# to 512 x 512 fits, and ImageNet's training images are mostly 500 pixels on the longer side
+# (docs/design.md has the distribution behind the choice).
+CANVAS_SIZE = 512
 PRECISION_BITS = 22  # Pillow's fixed-point coefficients: 32 - 8 - 2.
 SUPPORT = {False: 1.0, True: 2.0}  # bilinear, bicubic
 _DIGITS = 3  # Signed base-256 digits of a coefficient (|coefficient| < 2^23).

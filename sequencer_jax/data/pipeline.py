@@ -1,4 +1,8 @@
-"""tf.data pipelines: timm's training augmentation and its validation transform, per process.
+"""tf.data pipelines: the host's part of timm's training augmentation and its validation
+transform, per process.
+
+For training the host only reads, decodes the crop window and places it on a fixed uint8
+canvas; the resize, flip and RandAugment run in the jitted train step (`device_augment.py`).
 
 Training reads one process's share of the split per epoch in a reproducible order (seeded by the
 run's seed, the epoch and the process), drops the last incomplete batch as timm's loader does,
@@ -24,7 +28,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import tensorflow as tf
 
-from sequencer_jax.data import color_jitter, image_header, randaugment, transforms
+from sequencer_jax.data import image_header, pil_resize, transforms
 from sequencer_jax.data.folder import DatasetError
 from sequencer_jax.data.sources import Source
 from sequencer_jax.models.data_config import DataConfig
@@ -34,22 +38,15 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class TrainAugment:
-  """Training augmentation. Each field mirrors the timm 0.5.4 train.py flag named beside it."""
+  """The host's part of the training augmentation: RandomResizedCrop's box and filter, the crop
+  placed on a canvas. The flip, the resize itself and RandAugment follow in the train step
+  (`device_augment.py`). Each field mirrors the timm 0.5.4 train.py flag named beside it."""
 
   scale: tuple[float, float] = (0.08, 1.0)  # --scale
   ratio: tuple[float, float] = (3 / 4, 4 / 3)  # --ratio
   interpolation: str = 'random'  # --train-interpolation
-  hflip: float = 0.5  # --hflip
-  auto_augment: str | None = 'rand-m9-mstd0.5-inc1'  # --aa (None: off)
-  color_jitter: float = 0.4  # --color-jitter (used only when auto_augment is None)
   fused_decode: bool = True  # (no timm flag) decode only the crop window of JPEGs
-
-  def __post_init__(self):
-    if not 0.0 <= self.hflip <= 1.0:
-      raise ValueError(f'hflip {self.hflip} must be in [0, 1]')
-    if self.auto_augment is not None:
-      randaugment.parse_rand_augment(self.auto_augment)
-
+  canvas_size: int = pil_resize.CANVAS_SIZE  # (no timm flag) side of the uint8 canvas sent to the device
 
 def _options() -> tf.data.Options:
   options = tf.data.Options()
@@ -66,24 +63,16 @@ def _fold(seed: tf.Tensor, *values) -> tf.Tensor:
 
 
 def train_transform(encoded: tf.Tensor, seed: tf.Tensor, size: int,
-                    augment: TrainAugment) -> tf.Tensor:
-  """One training image, as timm's loader with its prefetcher yields it: decode +
-  RandomResizedCrop, flip, RandAugment or colour jitter. Encoded bytes in, uint8 (size, size, 3)
-  out; normalisation, Mixup/CutMix and RandomErasing follow in the train step."""
-  crop, flip, colour = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-  image = transforms.decode_random_resized_crop(
-      encoded, size, crop, augment.scale, augment.ratio, augment.interpolation,
-      augment.fused_decode)
-  image = transforms.random_flip(image, flip, augment.hflip)
-  if augment.auto_augment is not None:
-    # timm hands the train interpolation to RandAugment ('random': a coin per op).
-    config = randaugment.parse_rand_augment(augment.auto_augment,
-                                            interpolation=augment.interpolation)
-    image = randaugment.rand_augment(image, colour, config)
-  elif augment.color_jitter > 0:
-    image = color_jitter.color_jitter(image, colour, augment.color_jitter,
-                                      augment.color_jitter, augment.color_jitter)
-  return image
+                    augment: TrainAugment) -> dict[str, tf.Tensor]:
+  """One training image as the host prepares it: decoded, its RandomResizedCrop box and filter
+  drawn, the crop on the canvas (`transforms.decode_crop_on_canvas`); the step resizes it to
+  `size`, flips it and runs RandAugment."""
+  # The first of the three draws made here before the flip and RandAugment moved into the
+  # step: the boxes and filters are the ones drawn before.
+  crop = tf.random.experimental.stateless_split(seed, 3)[0]
+  return transforms.decode_crop_on_canvas(encoded, crop, augment.canvas_size, size,
+                                          augment.scale, augment.ratio, augment.interpolation,
+                                          augment.fused_decode)
 
 
 class _Batches:
@@ -104,6 +93,8 @@ class _Batches:
     self.num_batches = num_batches
     self.remaining = num_batches
     self.skipped: list[str] = []
+    self.images = 0  # Yielded so far, padding excluded.
+    self.host_resized = 0  # Of those, crops larger than the canvas, resized on the host.
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     return self
@@ -119,9 +110,13 @@ class _Batches:
                          f'{len(self.skipped)} record(s) could not be decoded '
                          f'(first: {", ".join(self.skipped[:5])})') from None
     self.remaining -= 1
-    for position in batch.pop('position'):
+    positions = batch.pop('position')
+    for position in positions:
       if position >= 0:  # Not padding.
         self._skip_until(position)
+    self.images += int((positions >= 0).sum())
+    if 'host_resized' in batch:
+      self.host_resized += int(batch.pop('host_resized').sum())
     if self.remaining == 0 and self._covers_end:
       self._skip_until(self._end_position)
     return batch
@@ -156,9 +151,12 @@ def train_batches(source: Source, *, global_batch: int, image_size: int,
                   max_pixels: int = image_header.MAX_PIXELS) -> _Batches:
   """This process's batches of training epoch `epoch` from step `start_step` on.
 
-  Yields {'image': uint8 (b, size, size, 3), 'label': int32 (b,)} with b = global_batch /
-  process_count, for exactly `steps_per_epoch - start_step` steps on every process. Images
-  whose header declares more than `max_pixels` pixels are skipped undecoded, and named.
+  Yields {'image': uint8 canvases (b, S, S, 3), 'crop_size': int32 (b, 2), 'bicubic': bool (b,),
+  'label': int32 (b,)} with b = global_batch / process_count and S = augment.canvas_size, for
+  exactly `steps_per_epoch - start_step` steps on every process; the train step resizes each
+  crop to `image_size` (`device_augment.augment_batch`). Images whose header declares more than
+  `max_pixels` pixels are skipped undecoded, and named. The iterator counts the images it
+  yielded (`images`) and those whose crop was larger than the canvas (`host_resized`).
   """
   steps = steps_per_epoch(source, global_batch, process_count)
   if not 0 <= start_step < steps:
@@ -169,8 +167,8 @@ def train_batches(source: Source, *, global_batch: int, image_size: int,
 
   def example(position, record):
     encoded = image_header.refuse_over_limit(record['image'], max_pixels)
-    image = train_transform(encoded, _fold(base, position), image_size, augment)
-    return {'image': image, 'label': record['label'], 'position': position}
+    prepared = train_transform(encoded, _fold(base, position), image_size, augment)
+    return {**prepared, 'label': record['label'], 'position': position}
 
   records = source.records(process_index, process_count, shuffle_seed=epoch_seed)
   # A second pass over the same order stands in for records that turn out undecodable.

@@ -133,22 +133,32 @@ def resize_to(image: tf.Tensor, size: int, method: tf.Tensor | str) -> tf.Tensor
   return tf.cond(method, lambda: resize('bicubic'), lambda: resize('bilinear'))
 
 
-def decode_random_resized_crop(encoded: tf.Tensor, size: int, seed: tf.Tensor,
-                               scale: tuple[float, float] = (0.08, 1.0),
-                               ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                               interpolation: str = 'random', fused: bool = True) -> tf.Tensor:
-  """Decode + timm's RandomResizedCropAndInterpolation to (size, size), uint8 RGB.
+def decode_crop_on_canvas(encoded: tf.Tensor, seed: tf.Tensor, canvas_size: int, out_size: int,
+                          scale: tuple[float, float] = (0.08, 1.0),
+                          ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                          interpolation: str = 'random',
+                          fused: bool = True) -> dict[str, tf.Tensor]:
+  """The host's part of timm's RandomResizedCropAndInterpolation: decode, draw the box and the
+  filter, and place the crop at the origin of a zero uint8 canvas (canvas_size, canvas_size, 3).
+
+  Returns {'image': the canvas, 'crop_size': int32 (height, width) of the crop on it,
+  'bicubic': the filter drawn (bool), 'host_resized': bool}. The resize to `out_size` runs in
+  the train step (`pil_resize.resize_crops`). A crop larger than the canvas on either side is
+  resized here (`resize_to`, the filter drawn) and placed as an out_size crop, which the step's
+  resize leaves unchanged.
 
   `interpolation` is 'bilinear', 'bicubic' or 'random' (either, with probability 1/2, as timm's
   default `--train-interpolation random`). With `fused`, JPEGs decode only the crop window, which
   is much faster for small crops; libjpeg then upsamples chroma at the window's edge from the edge
   itself, so pixels in the outermost chroma block row/column can differ from a full decode.
   """
+  if canvas_size < out_size:
+    raise ValueError(f'the canvas ({canvas_size}) is smaller than the output size ({out_size})')
   crop_seed, interp_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   if interpolation == 'random':
-    method = _uniform(interp_seed) < 0.5
+    bicubic = _uniform(interp_seed) < 0.5
   elif interpolation in ('bilinear', 'bicubic'):
-    method = interpolation
+    bicubic = tf.constant(interpolation == 'bicubic')
   else:
     raise ValueError(f"interpolation must be 'random', 'bilinear' or 'bicubic', "
                      f'got {interpolation!r}')
@@ -169,9 +179,11 @@ def decode_random_resized_crop(encoded: tf.Tensor, size: int, seed: tf.Tensor,
     crop = tf.cond(tf.io.is_jpeg(encoded), fused_jpeg, decode_then_crop)
   else:
     crop = decode_then_crop()
-  return resize_to(crop, size, method)
-
-
-def random_flip(image: tf.Tensor, seed: tf.Tensor, prob: float = 0.5) -> tf.Tensor:
-  """torchvision's RandomHorizontalFlip(prob)."""
-  return tf.cond(_uniform(seed) < prob, lambda: tf.reverse(image, axis=[1]), lambda: image)
+  shape = tf.shape(crop)
+  too_large = tf.reduce_any(shape[:2] > canvas_size)
+  crop = tf.cond(too_large, lambda: resize_to(crop, out_size, bicubic), lambda: crop)
+  crop_size = tf.shape(crop)[:2]
+  canvas = tf.pad(crop, [[0, canvas_size - crop_size[0]], [0, canvas_size - crop_size[1]], [0, 0]])
+  return {'image': tf.ensure_shape(canvas, [canvas_size, canvas_size, 3]),
+          'crop_size': tf.cast(crop_size, tf.int32), 'bicubic': bicubic,
+          'host_resized': too_large}

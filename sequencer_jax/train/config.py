@@ -8,6 +8,7 @@ import jax
 import ml_collections
 import optax
 
+from sequencer_jax.data import randaugment
 from sequencer_jax.data.device_augment import DeviceAugment
 from sequencer_jax.data.mixup import MixupConfig
 from sequencer_jax.data.pipeline import TrainAugment
@@ -54,17 +55,20 @@ def build_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
 
 
 def train_augment(config: ml_collections.ConfigDict) -> TrainAugment:
-  """The host-side training augmentation of `config.aug` (up to uint8 images)."""
-  a = config.aug
-  return TrainAugment(
-      scale=tuple(a.scale), ratio=tuple(a.ratio), interpolation=a.interpolation, hflip=a.hflip,
-      auto_augment=a.auto_augment or None, color_jitter=a.color_jitter,
-      fused_decode=a.fused_decode)
+  """The host's part of the training augmentation of `config.aug`: the crop on a canvas of
+  `config.data.canvas_size`."""
+  a, d = config.aug, config.data
+  if d.canvas_size < d.image_size:
+    raise ConfigError(f'config.data.canvas_size {d.canvas_size} is smaller than '
+                      f'config.data.image_size {d.image_size}; it must be at least that')
+  return TrainAugment(scale=tuple(a.scale), ratio=tuple(a.ratio), interpolation=a.interpolation,
+                      fused_decode=a.fused_decode, canvas_size=d.canvas_size)
 
 
 def device_augment(config: ml_collections.ConfigDict) -> DeviceAugment:
-  """The augmentation of `config.aug` that the train step runs: Mixup/CutMix per group (none
-  when both are off), normalisation, RandomErasing."""
+  """The augmentation of `config.aug` that the train step runs: resize, flip, RandAugment (or
+  colour jitter), Mixup/CutMix per group (none when both are off), normalisation,
+  RandomErasing."""
   a = config.aug
   if a.remode != 'pixel' or a.recount != 1:
     raise ConfigError(f"config.aug: remode {a.remode!r} and recount {a.recount}: only 'pixel' "
@@ -75,8 +79,14 @@ def device_augment(config: ml_collections.ConfigDict) -> DeviceAugment:
                         cutmix_alpha=a.cutmix, switch_prob=a.mixup_switch_prob,
                         prob=a.mixup_prob, label_smoothing=a.smoothing)
   try:
-    return DeviceAugment(num_classes=config.model.num_classes, label_smoothing=a.smoothing,
-                         mixup=mixup, group_size=a.mixup_group_size, reprob=a.reprob)
+    # timm hands the train interpolation to RandAugment ('random': a coin per op).
+    rand_augment = (randaugment.parse_rand_augment(a.auto_augment, interpolation=a.interpolation)
+                    if a.auto_augment else None)
+    return DeviceAugment(num_classes=config.model.num_classes,
+                         image_size=config.data.image_size, hflip=a.hflip,
+                         rand_augment=rand_augment, color_jitter=a.color_jitter,
+                         label_smoothing=a.smoothing, mixup=mixup,
+                         group_size=a.mixup_group_size, reprob=a.reprob)
   except ValueError as e:
     raise ConfigError(f'config.aug: {e}') from None
 

@@ -235,6 +235,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if config.eval_only:
     return _evaluate_only(config, eval_model, mesh, evaluations, workdir)
 
+  augment, step_augment = train_augment(config), device_augment(config)  # Host, then the step.
   train_source = sources.open_source(config.data.dataset, config.data.train_split,
                                      config.data.data_dir, config.data.train_split)
   if train_source.num_classes != config.model.num_classes:
@@ -244,7 +245,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   schedule_cfg = schedule_config(config)
   total_steps = optim.total_epochs(schedule_cfg) * steps_per_epoch
   optimizer, schedule = build_optimizer(config, steps_per_epoch)
-  augment, step_augment = train_augment(config), device_augment(config)  # Host, then the step.
   checkpoints = TrainCheckpoints(workdir, run_record(config), config.keep_checkpoints)
   with contextlib.ExitStack() as cleanup:  # Closed on every way out, errors included.
     cleanup.callback(checkpoints.close)
@@ -307,7 +307,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                        'images_per_s_per_device': images_per_s / mesh.size,
                        'step_time_s': elapsed / (step - window_step),
                        'epoch': step / steps_per_epoch,
-                       'skipped_images': float(len(batches.skipped))}
+                       'skipped_images': float(len(batches.skipped)),
+                       # Crops larger than the canvas, resized on the host, in this epoch.
+                       'host_resized_fraction': batches.host_resized / max(batches.images, 1)}
             logger.write(step, 'train', scalars)
             logger.info('step %d/%d (epoch %.2f): loss %.4f, lr %.3g, %.1f img/s', step,
                         total_steps, scalars['epoch'], scalars['loss'], scalars['learning_rate'],

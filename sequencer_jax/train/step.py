@@ -74,9 +74,10 @@ def make_train_step(model: Sequencer, optimizer: optax.GradientTransformation, *
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """The jitted step `(state, batch) -> (state, metrics)`; the state argument is donated.
 
-  The batch holds 'image' (NHWC uint8, 0..255) and 'label' (int) global arrays sharded over
-  'data' (`sharding.global_batch`). `augment` runs first, in timm's prefetcher order (mixup per
-  group, normalisation, erasing: `data/device_augment.py`); then the batch is split into
+  The batch holds the host's 'image' (uint8 canvases), 'crop_size', 'bicubic' and 'label' global
+  arrays sharded over 'data' (`sharding.global_batch`). `augment` runs first, in timm's order
+  (resize, flip, RandAugment, then mixup per group, normalisation, erasing:
+  `data/device_augment.py`); then the batch is split into
   `grad_accum_steps` micro-batches whose gradients are averaged: without mixup and drop path
   that equals the one-batch step up to float rounding. Metrics: 'loss' (the mean soft-target
   cross-entropy) and 'grad_norm' (the global L2 norm of the averaged gradients, before the
@@ -102,7 +103,7 @@ def make_train_step(model: Sequencer, optimizer: optax.GradientTransformation, *
       raise ValueError(f'the global batch ({size}) must divide into {grad_accum_steps} '
                        f'micro-batches sharded over {mesh.size} devices')
     augment_rng, drop_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
-    images, targets = augment_batch(batch['image'], batch['label'], augment_rng, augment)
+    images, targets = augment_batch(batch, augment_rng, augment)
     loss, grads = _accumulated_grads(loss_fn, state.params, images, targets, drop_rng,
                                      grad_accum_steps, mesh)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

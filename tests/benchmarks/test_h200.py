@@ -19,11 +19,12 @@ def test_the_grid_covers_every_implementation_and_unroll_once():
           for item in required if item['framework'] == 'jax' and item['batch'] is None]
   grid = plan['grid'](done)
   keys = {(i['mode'], i['impl'], i['unroll']) for i in grid} | {
-      (r['mode'], r['impl'], r['unroll']) for r in done}
+      (r['mode'], r['impl'], r['unroll']) for r in done if r['mode'] != 'augment'}
   assert keys == {(m, impl, u) for m in ('infer', 'train') for impl in h200.IMPLS
                   for u in (1, 4, 32)}  # 32: the full unroll, stage 0 of a 224 image.
   assert len(grid) == 16  # 18 less the two the required phase measured.
   assert [i['batch'] for i in required if i['mode'] == 'infer' and i['batch']] == [1, 1]
+  assert [i['framework'] for i in required if i['mode'] == 'augment'] == ['jax']
 
 
 def test_loop_flags_rerun_the_fastest_configurations():
@@ -64,6 +65,7 @@ def test_the_summary_reports_the_fastest_ours_beside_timm():
       _result('torch', 'infer', 0.4, variant='eager'),
       _result('torch', 'infer', 0.2, variant='compile'),
       _result('torch', 'train', 0.9, variant='eager'),
+      _result('jax', 'augment', 0.02, phase='required', impl='fused_vjp', unroll=1),
       {'framework': 'jax', 'mode': 'train', 'impl': 'per_direction', 'unroll': 32, 'batch': 256,
        'error': 'phase grid over its 100 s'},
   ]
@@ -75,4 +77,6 @@ def test_the_summary_reports_the_fastest_ours_beside_timm():
   assert s['latency_b1_ms'] == 0.8 and s['peak_memory_gib'] == 9.0  # The required phase's.
   assert s['timm_eager_amp_train_img_s'] == 256 / 0.9 and s['train_mfu'] == 0.1
   assert record['skipped'] == ['profile: the time budget was spent']
-  assert len(record['measurements']) == 8
+  assert s['augment_ms_per_image'] == 1e3 * 0.02 / 256
+  assert s['augment_share_of_train_step'] == 0.02 / 0.4  # Of the required phase's step.
+  assert len(record['measurements']) == 9

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 import sequencer_jax
@@ -87,6 +88,23 @@ def test_the_training_benchmark_times_the_trainers_own_step(monkeypatch, capsys)
   (kwargs,) = made
   assert kwargs['calls'] == 11  # One warm-up step and ten timed ones.
   augment = kwargs['augment']
+  assert augment.image_size == 28 and augment.hflip == 0.5
+  assert augment.rand_augment.magnitude == 9.0 and augment.rand_augment.increasing
   assert augment.mixup.mixup_alpha == 0.8 and augment.mixup.cutmix_alpha == 1.0
   assert augment.label_smoothing == 0.1 and augment.reprob == 0.25 and augment.group_size == 256
   assert kwargs['mesh'].axis_names == ('data',)
+
+
+def test_host_batches_are_canvases_with_crops_that_fit():
+  batch = benchmark.host_batch(np.random.default_rng(0), 64, 224)
+  assert batch['image'].shape == (64, 512, 512, 3) and batch['image'].dtype == np.uint8
+  assert batch['crop_size'].min() >= 1 and batch['crop_size'].max() <= 512
+  assert 0.3 < batch['bicubic'].mean() < 0.7
+  assert benchmark.host_batch(np.random.default_rng(0), 2, 28)['image'].shape == (2, 64, 64, 3)
+
+
+def test_the_augmentation_alone_is_timed_without_timm(capsys):
+  results = benchmark.main(['--image-size', '16', '--batch-size', '2', '--mode', 'augment',
+                            '--steps', '10', '--warmup', '1', '--compare-torch'])
+  assert [(r.framework, r.mode) for r in results] == [('jax', 'augment')]
+  assert results[0].images_per_s > 0 and results[0].mfu is None

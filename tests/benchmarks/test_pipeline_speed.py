@@ -27,11 +27,12 @@ def test_generated_jpegs_have_imagenet_like_sizes(jpegs):
 
 
 def test_both_pipelines_produce_uint8_images(jpegs):
-  ours = list(bp.ours_dataset(jpegs, 32, pipeline.TrainAugment(), threads=None))
+  augment = pipeline.TrainAugment(canvas_size=64)
+  ours = list(bp.ours_dataset(jpegs, 32, augment, threads=None).as_numpy_iterator())
   assert len(ours) == 3
-  for image in ours:
-    assert image.shape == (32, 32, 3) and image.dtype == np.uint8
-  transform = bp.timm_transform(32, pipeline.TrainAugment())
+  for example in ours:
+    assert example['image'].shape == (64, 64, 3) and example['image'].dtype == np.uint8
+  transform = bp.timm_transform(32, augment, bp.paper_step_augment(32))
   # timm's PosterizeIncreasing at magnitude 10 asks Pillow 13 for 0 bits, which it refuses
   # (about 1 image in 90 under rand-m9-mstd0.5): fix the draws so the test is deterministic.
   random.seed(0)
@@ -60,18 +61,21 @@ def test_time_passes_checks_the_count_and_skips_the_warmup_pass():
     bp.time_passes(lambda: 2, num_images=3, repeats=1)
 
 
-def test_main_prints_a_table_and_one_json_line(jpegs, capsys, tmp_path, monkeypatch):
-  # Our RandAugment is traced above; here cheap stages keep the test short.
-  cheap = bp.STAGES['decode+crop']
-  monkeypatch.setattr(bp, 'STAGES', {'decode+crop': cheap, 'full': cheap})
+def test_main_prints_a_table_and_one_json_line(jpegs, capsys, tmp_path):
   record = bp.main(['--data-dir', str(jpegs[0].parent), '--num-images', '2', '--repeats', '1',
-                    '--image-size', '32', '--threads', '2', '--json', str(tmp_path / 'r.json')])
+                    '--image-size', '32', '--canvas-size', '64', '--threads', '2',
+                    '--device-batch', '2', '--json', str(tmp_path / 'r.json')])
   out = capsys.readouterr().out
   assert [(r['pipeline'], r['stage'], r['cores']) for r in record['results']] == [
-      ('ours', 'decode+crop', 1), ('ours', 'full', 1), ('ours', 'full', 2), ('ours', 'eval', 1),
-      ('timm', 'full', 1), ('timm', 'eval', 1)]
+      ('ours', 'train', 1), ('ours', 'train', 2), ('ours', 'eval', 1), ('timm', 'train', 1),
+      ('timm', 'eval', 1)]
   assert all(r['images_per_s'] > 0 for r in record['results'])
   assert record['ratio_per_core'] > 0 and record['eval_ratio_per_core'] > 0
-  assert record['num_images'] == 2 and record['goal_ratio_per_core'] == 1.5
+  assert record['ours_per_core'] > 0 and record['timm_per_core'] > 0
+  assert record['num_images'] == 2 and record['goal_ratio_per_core'] == 2.5
+  assert record['canvas_bytes_per_image'] == 64 * 64 * 3
+  assert record['host_to_device_gb_per_s'] == pytest.approx(64 * 64 * 3 * 5000 / 1e9)
+  assert record['device_batch'] == 2 and record['device_ms_per_image'] > 0
   assert 'vs timm/core' in out and 'CPU ms/img' in out and 'emulated' in out
+  assert 'device augmentation (cpu, batch 2)' in out
   assert json.loads(out.strip().splitlines()[-1]) == json.loads((tmp_path / 'r.json').read_text())

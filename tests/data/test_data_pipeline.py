@@ -1,11 +1,12 @@
-"""Training transforms against timm's, sources, multi-process sharding, padded eval, skipping.
+"""The host's training transform (crops on a canvas) against timm's, sources, multi-process
+sharding, padded eval, skipping.
 
 Bounds: the RandomResizedCrop window sampler matches timm's `get_params` in distribution
 (means of area fraction, log aspect and offsets within 0.02 of timm's over 4,000 draws each) and
-exactly in its fallback; resizing a given window equals PIL's `resize` within mean |diff| 0.5 and
-p99 3 grey levels; the fused JPEG crop equals decode-then-crop within mean |diff| 0.5 after the
-resize; RandomErasing's firing rate is 0.25 +- 0.03 and its box area and log aspect ratio match
-timm's in distribution (means within 4 standard errors of the difference, 3,000 boxes each).
+exactly in its fallback; the host's resize of a window larger than the canvas equals PIL's
+`resize` within mean |diff| 0.5 and p99 3 grey levels; the fused JPEG crop equals
+decode-then-crop within mean |diff| 0.5 after the step's resize; the filter is a fair coin
+(0.5 +- 0.08 over 400 draws).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from PIL import Image
 from tfds_prepared import fake_prepared
 from timm.data import transforms as timm_transforms
 
-from sequencer_jax.data import folder, pipeline, sources, transforms
+from sequencer_jax.data import folder, pil_resize, pipeline, sources, transforms
 from sequencer_jax.models import DataConfig
 
 
@@ -98,23 +99,68 @@ def test_resize_of_a_window_matches_pil(method, window):
   assert diff.mean() <= 0.5 and np.percentile(diff, 99) <= 3, (diff.mean(), diff.max())
 
 
+def _on_canvas(encoded, seed, canvas=512, out=224, **kwargs):
+  return {k: v.numpy() for k, v in transforms.decode_crop_on_canvas(
+      tf.constant(encoded), seed, canvas, out, **kwargs).items()}
+
+
 def test_fused_decode_matches_decode_then_crop():
-  encoded = tf.constant(_jpeg(_image(375, 500, seed=4)))
-  for i in range(8):
-    fused = transforms.decode_random_resized_crop(encoded, 224, _seed(i), fused=True)
-    full = transforms.decode_random_resized_crop(encoded, 224, _seed(i), fused=False)
-    diff = np.abs(fused.numpy().astype(np.float32) - full.numpy())
-    assert diff.mean() <= 0.5, diff.mean()
+  encoded = _jpeg(_image(375, 500, seed=4))
+  fused = [_on_canvas(encoded, _seed(i), fused=True) for i in range(8)]
+  full = [_on_canvas(encoded, _seed(i), fused=False) for i in range(8)]
+  resized = []
+  for examples in (fused, full):
+    stack = lambda key: np.stack([e[key] for e in examples])
+    resized.append(np.asarray(pil_resize.resize_crops(stack('image'), stack('crop_size'),
+                                                      stack('bicubic'), 224)).astype(np.float32))
+    assert not stack('host_resized').any()  # A 512 canvas holds every crop of 500 x 375.
+  for a, b in zip(fused, full):
+    np.testing.assert_array_equal(a['crop_size'], b['crop_size'])
+  diff = np.abs(resized[0] - resized[1]).mean(axis=(1, 2, 3))
+  assert diff.max() <= 0.5, diff
 
 
-def test_interpolation_is_a_fair_coin_and_flip_is_half():
-  image = tf.constant(np.asarray(_image(64, 80, seed=5)))
-  flips = [bool(np.array_equal(transforms.random_flip(image, _seed(i)).numpy(),
-                               image.numpy()[:, ::-1])) for i in range(400)]
-  assert abs(np.mean(flips) - 0.5) < 0.08
+def test_crop_on_canvas_is_the_window_and_zeros():
+  image = _image(60, 80, seed=6)
+  example = _on_canvas(_jpeg(image, quality=100), _seed(2), canvas=96, out=32, fused=False)
+  h, w = example['crop_size']
+  window = transforms.random_resized_crop_window(60, 80, tf.random.experimental.stateless_split(
+      _seed(2), 2)[0]).numpy()
+  np.testing.assert_array_equal([h, w], window[2:])
+  canvas = example['image']
+  assert canvas.shape == (96, 96, 3) and canvas.dtype == np.uint8 and not example['host_resized']
+  decoded = tf.io.decode_jpeg(_jpeg(image, quality=100), dct_method='INTEGER_ACCURATE').numpy()
+  top, left = window[:2]
+  np.testing.assert_array_equal(canvas[:h, :w], decoded[top:top + h, left:left + w])
+  assert not canvas[h:].any() and not canvas[:, w:].any()
+
+
+def test_a_crop_larger_than_the_canvas_is_resized_on_the_host():
+  """The host resizes it to the output size; the step's resize at scale 1 keeps it as it is."""
+  encoded = _jpeg(_image(200, 240, seed=7))
+  seeds = [_seed(i) for i in range(40)]
+  examples = [_on_canvas(encoded, s, canvas=120, out=32) for s in seeds]
+  resized = [e for e in examples if e['host_resized']]
+  kept = [e for e in examples if not e['host_resized']]
+  assert resized and kept
+  for e in resized:
+    np.testing.assert_array_equal(e['crop_size'], [32, 32])
+    assert not e['image'][32:].any() and not e['image'][:, 32:].any()
+    step = pil_resize.resize_crops(e['image'][None], e['crop_size'][None], e['bicubic'][None], 32)
+    np.testing.assert_array_equal(np.asarray(step)[0], e['image'][:32, :32])
+  assert all(max(e['crop_size']) <= 120 for e in kept)
+  with pytest.raises(ValueError, match=r'the canvas \(16\) is smaller than the output size'):
+    _on_canvas(encoded, seeds[0], canvas=16, out=32)
+
+
+def test_interpolation_is_a_fair_coin():
+  encoded = _jpeg(_image(64, 80, seed=5))
+  bicubic = [_on_canvas(encoded, _seed(i), canvas=80, out=16)['bicubic'] for i in range(400)]
+  assert abs(np.mean(bicubic) - 0.5) < 0.08
+  fixed = _on_canvas(encoded, _seed(0), canvas=80, out=16, interpolation='bilinear')
+  assert not fixed['bicubic']
   with pytest.raises(ValueError, match="interpolation must be 'random', 'bilinear' or 'bicubic'"):
-    transforms.decode_random_resized_crop(tf.constant(_jpeg(_image(8, 8))), 8, _seed(0),
-                                          interpolation='lanczos')
+    _on_canvas(encoded, _seed(0), canvas=80, out=16, interpolation='lanczos')
 
 
 def test_shard_bounds_cover_every_example_once():
@@ -130,7 +176,7 @@ def test_shard_bounds_cover_every_example_once():
 
 
 def _augment():
-  return pipeline.TrainAugment(auto_augment=None, color_jitter=0.0)
+  return pipeline.TrainAugment(canvas_size=48)
 
 
 def test_train_batches_share_reproduce_and_resume(tmp_path):
@@ -141,12 +187,15 @@ def test_train_batches_share_reproduce_and_resume(tmp_path):
   batches = [list(pipeline.train_batches(source, epoch=0, process_index=i, process_count=2,
                                          **kwargs)) for i in range(2)]
   assert [len(b) for b in batches] == [5, 5]
-  assert batches[0][0]['image'].shape == (2, 16, 16, 3)
-  assert batches[0][0]['image'].dtype == np.uint8  # Normalised in the train step.
+  first = batches[0][0]
+  assert first['image'].shape == (2, 48, 48, 3)  # Canvases: the step resizes to 16.
+  assert first['image'].dtype == np.uint8 and first['crop_size'].shape == (2, 2)
+  assert first['bicubic'].dtype == bool and 'host_resized' not in first
   again = list(pipeline.train_batches(source, epoch=0, process_index=0, process_count=2,
                                       **kwargs))
   for a, b in zip(again, batches[0]):
-    np.testing.assert_array_equal(a['image'], b['image'])
+    for key in ('image', 'crop_size', 'bicubic', 'label'):
+      np.testing.assert_array_equal(a[key], b[key])
   resumed = list(pipeline.train_batches(source, epoch=0, start_step=3, process_index=0,
                                         process_count=2, **kwargs))
   assert len(resumed) == 2
@@ -208,19 +257,15 @@ def test_a_split_of_only_undecodable_files_is_a_clear_error(tmp_path):
     list(batches)
 
 
-def test_full_training_transform_runs_in_tf_data(tmp_path):
-  _write_folder(tmp_path, classes=2, per_class=(4, 1), size=(60, 80))
+def test_oversized_crops_are_counted(tmp_path):
+  _write_folder(tmp_path, classes=2, per_class=(8, 1), size=(60, 80))
   source = sources.open_source(str(tmp_path), 'train')
-  augment = pipeline.TrainAugment()  # The paper's recipe: RandAugment and erasing on.
-  batch = next(pipeline.train_batches(source, global_batch=8, image_size=32, augment=augment,
-                                      seed=1, epoch=0))
-  assert batch['image'].shape == (8, 32, 32, 3) and np.isfinite(batch['image']).all()
-  jitter = pipeline.TrainAugment(auto_augment=None)
-  batch = next(pipeline.train_batches(source, global_batch=8, image_size=32, augment=jitter,
-                                      seed=1, epoch=0))
-  assert batch['image'].shape == (8, 32, 32, 3)
-  with pytest.raises(ValueError, match='hflip 2.0 must be in'):
-    pipeline.TrainAugment(hflip=2.0)
+  batches = pipeline.train_batches(source, global_batch=8, image_size=24,
+                                   augment=pipeline.TrainAugment(canvas_size=40), seed=1, epoch=0)
+  batch = next(batches)
+  assert batch['image'].shape == (8, 40, 40, 3)
+  assert batches.images == 8 and 0 < batches.host_resized < 8  # Some crops exceed 40 x 40.
+  assert (batch['crop_size'] <= 40).all()
 
 
 def test_tfds_source_not_prepared_fails_fast_with_instructions(tmp_path):
@@ -241,8 +286,9 @@ def test_tfds_sources_read_mock_data_through_the_pipeline(tmp_path):
     assert (cifar.num_examples, cifar.num_classes) == (13, 10)
     assert [cifar.shard_size(i, 3) for i in range(3)] == [5, 4, 4]
     batch = next(pipeline.train_batches(cifar, global_batch=4, image_size=24,
-                                        augment=pipeline.TrainAugment(), seed=0, epoch=0))
-    assert batch['image'].shape == (4, 24, 24, 3) and batch['label'].max() < 10
+                                        augment=pipeline.TrainAugment(canvas_size=32), seed=0,
+                                        epoch=0))
+    assert batch['image'].shape == (4, 32, 32, 3) and batch['label'].max() < 10
     flowers = sources.open_source('oxford_flowers102', 'train+validation', str(tmp_path))
     assert (flowers.num_examples, flowers.num_classes) == (13, 102)
     with pytest.raises(folder.DatasetError, match="has no split 'validation'.*test, train"):

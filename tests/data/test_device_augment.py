@@ -16,6 +16,7 @@ from timm.data import random_erasing as timm_erasing
 from timm.data.mixup import FastCollateMixup
 
 from sequencer_jax.data import device_augment as dev
+from sequencer_jax.data import randaugment
 from sequencer_jax.data.mixup import MixupConfig, mix_with_reversed, mixup_cutmix
 
 B, H, W, K = 6, 32, 24, 10
@@ -150,19 +151,27 @@ def test_random_erasing_equals_timm_on_the_same_draws(reprob):
   assert erased.mean() == (1.0 if reprob == 1.0 else pytest.approx(reprob, abs=0.15))
 
 
-def test_the_step_order_mix_then_normalise_then_erase():
-  images, labels = _uint8_batch(8)
-  config = dev.DeviceAugment(num_classes=K, mixup=MixupConfig(K), group_size=3, reprob=0.5)
+def test_the_step_order_transform_mix_normalise_erase():
+  rng = np.random.default_rng(8)
+  batch = {'image': rng.integers(0, 256, (B, 40, 40, 3), dtype=np.uint8),
+           'crop_size': rng.integers(8, 41, (B, 2)).astype(np.int32),
+           'bicubic': rng.random(B) < 0.5, 'label': rng.integers(0, K, B)}
+  config = dev.DeviceAugment(num_classes=K, image_size=24, mixup=MixupConfig(K), group_size=3,
+                             reprob=0.5)
   key = jax.random.key(9)
-  got_x, got_y = dev.augment_batch(jnp.asarray(images), jnp.asarray(labels), key, config)
-  mix_key, erase_key = jax.random.split(key)
-  mixed, targets = dev.mix_groups(jnp.asarray(images), jnp.asarray(labels), mix_key,
-                                  config.mixup, 3)
-  want = dev.erase(dev.normalize(mixed), dev.erasing_draws(erase_key, images.shape), 0.5)
+  got_x, got_y = dev.augment_batch(batch, key, config)
+  pil_key, mix_key, erase_key = jax.random.split(key, 3)
+  images = dev.pil_transform(batch['image'], batch['crop_size'], batch['bicubic'],
+                             dev.transform_draws(pil_key, B, config), config)
+  assert images.shape == (B, 24, 24, 3) and images.dtype == jnp.uint8
+  mixed, targets = dev.mix_groups(images, jnp.asarray(batch['label']), mix_key, config.mixup, 3)
+  want = dev.erase(dev.normalize(mixed), dev.erasing_draws(erase_key, mixed.shape), 0.5)
   np.testing.assert_array_equal(got_x, want)
   np.testing.assert_array_equal(got_y, targets)
   with pytest.raises(ValueError, match='disagrees with label_smoothing 0.2'):
-    dev.DeviceAugment(num_classes=K, label_smoothing=0.2, mixup=MixupConfig(K))
+    dev.DeviceAugment(num_classes=K, image_size=24, label_smoothing=0.2, mixup=MixupConfig(K))
+  with pytest.raises(ValueError, match='hflip 1.5 must be in'):
+    dev.DeviceAugment(num_classes=K, image_size=24, hflip=1.5)
 
 
 def test_the_papers_config_gives_the_papers_step_augmentation():
@@ -170,10 +179,23 @@ def test_the_papers_config_gives_the_papers_step_augmentation():
   from sequencer_jax.train import config as train_config
   config = default.get_config()
   augment = train_config.device_augment(config)
+  assert (augment.image_size, augment.hflip) == (224, 0.5)
+  assert augment.rand_augment == randaugment.RandAugmentConfig(
+      num_ops=2, magnitude=9.0, magnitude_std=0.5, increasing=True, interpolation='random')
   assert (augment.group_size, augment.reprob, augment.label_smoothing) == (256, 0.25, 0.1)
   assert (augment.mixup.mixup_alpha, augment.mixup.cutmix_alpha) == (0.8, 1.0)
   config.aug.mixup = config.aug.cutmix = 0.0
   assert train_config.device_augment(config).mixup is None
+  config.aug.auto_augment = ''
+  assert train_config.device_augment(config).rand_augment is None
+  config.aug.auto_augment = 'rand-x9'
+  with pytest.raises(train_config.ConfigError, match="config.aug: .*unsupported key 'x'"):
+    train_config.device_augment(config)
   config.aug.remode = 'const'
   with pytest.raises(train_config.ConfigError, match="remode 'const' and recount 1: only"):
     train_config.device_augment(config)
+  assert train_config.train_augment(config).canvas_size == 512
+  config.data.canvas_size = 200
+  with pytest.raises(train_config.ConfigError,
+                     match='config.data.canvas_size 200 is smaller than config.data.image_size 224'):
+    train_config.train_augment(config)

@@ -43,7 +43,7 @@ def test_images_over_the_limit_are_skipped_and_named(tmp_path, caplog):
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(path)  # 1,600 pixels > 1,000.
   train = sources.open_source(str(root), 'train')
   batches = pipeline.train_batches(train, global_batch=4, image_size=8,
-                                   augment=pipeline.TrainAugment(auto_augment=None), seed=0,
+                                   augment=pipeline.TrainAugment(canvas_size=16), seed=0,
                                    epoch=0, max_pixels=1000)
   assert len(list(batches)) == 2 and batches.skipped == [str(big_train)]
   assert str(big_train) in caplog.text and 'over the pixel limit' in caplog.text

@@ -104,11 +104,11 @@ def test_train_step_rejects_inconsistent_settings():
   optimizer = optax.sgd(0.1)
   shardings = TrainState(step=None, params=None, opt_state=None, ema_params=None, rng=None)
   with pytest.raises(ValueError, match='augmentation is for 5 classes'):
-    make_train_step(model, optimizer, augment=DeviceAugment(5), mesh=mesh,
+    make_train_step(model, optimizer, augment=DeviceAugment(5, 16), mesh=mesh,
                     state_shardings=shardings)
   with pytest.raises(ValueError, match='ema_decay'):
-    make_train_step(model, optimizer, augment=DeviceAugment(worker.NUM_CLASSES), ema_decay=0.99,
-                    mesh=mesh, state_shardings=shardings)
+    make_train_step(model, optimizer, augment=DeviceAugment(worker.NUM_CLASSES, 16),
+                    ema_decay=0.99, mesh=mesh, state_shardings=shardings)
 
 
 class _Linear(nn.Module):
@@ -183,7 +183,9 @@ def accumulation() -> dict[str, Any]:
                                              seed=0, mesh=mesh, ema=True, params=params)
   full, shardings = create(init)
   split, _ = create(full.params)
-  augment = DeviceAugment(worker.NUM_CLASSES, reprob=0.0)  # Smoothed one-hot targets only.
+  # The resize alone, and smoothed one-hot targets.
+  augment = DeviceAugment(worker.NUM_CLASSES, worker.IMAGE_SIZE, hflip=0.0, rand_augment=None,
+                          color_jitter=0.0, reprob=0.0)
   steps = {n: make_train_step(model, optimizer, augment=augment, grad_accum_steps=n,
                               ema_decay=EMA_DECAY, mesh=mesh, state_shardings=shardings)
            for n in (1, ACCUM)}
