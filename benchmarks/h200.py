@@ -1,6 +1,6 @@
 """The H200 measurements in one run: our model beside timm, the rnn_impl x unroll grid, loop flags.
 
-  bash benchmarks/h200.sh                               # on the H200: about 8 minutes
+  bash benchmarks/h200.sh                               # on the H200, within its time budget
   python -m benchmarks.h200 --dry-run --out /tmp/h200   # the same plan at toy sizes, on the CPU
 
 Sequencer2D-S, bf16, batch 256, 224x224, timm in the same run on the same device, warm-up

@@ -1,7 +1,7 @@
 """Shared defaults: Sequencer2D-S trained from scratch on ImageNet-1k with the paper's recipe.
 
-Every field names the timm 0.5.4 train.py flag it mirrors. The variant
-configs (sequencer2d_s.py, ...) start from `get_config()` here and change what differs.
+Every field that mirrors a timm 0.5.4 train.py flag names it; the others say what they do. The
+variant configs (sequencer2d_s.py, ...) start from `get_config()` here and change what differs.
 """
 
 from __future__ import annotations
@@ -20,8 +20,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.arch = ml_collections.ConfigDict()
   config.model.num_classes = 1000  # --num-classes
   config.model.drop_path_rate = 0.1  # --drop-path (linear per-block schedule)
-  config.model.drop_rate = 0.0  # --drop (head dropout in timm)
+  # --drop: the MLP dropout, as the original model's drop_rate (timm 1.0 calls it proj_drop_rate;
+  # its drop_rate is a dropout before the head, which is not configured here).
+  config.model.drop_rate = 0.0
   config.model.dtype = 'bfloat16'  # --native-amp: bf16 compute, f32 parameters; 'float32': off
+  # What runs the token mixer's recurrences: 'auto' (per_direction on the CPU; on GPU/TPU fused_vjp
+  # for LSTMs, fused for the GRU/RNN ablations), 'per_direction', 'fused' or 'fused_vjp'. None
+  # changes the parameters or the results beyond float rounding.
   config.model.rnn_impl = 'auto'
   config.model.remat = False  # Recompute each block in the backward pass to save memory.
 
@@ -46,8 +51,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.aug.auto_augment = 'rand-m9-mstd0.5-inc1'  # --aa ('' or None: off)
   config.aug.color_jitter = 0.4  # --color-jitter (only when --aa is off)
   config.aug.reprob = 0.25  # --reprob
-  config.aug.remode = 'pixel'  # --remode
-  config.aug.recount = 1  # --recount
+  config.aug.remode = 'pixel'  # --remode (only 'pixel')
+  config.aug.recount = 1  # --recount (only 1)
   config.aug.fused_decode = True  # Decode only the crop window of a JPEG.
   config.aug.mixup = 0.8  # --mixup
   config.aug.cutmix = 1.0  # --cutmix
@@ -66,7 +71,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.epochs = 300  # --epochs
   config.optim.warmup_epochs = 20  # --warmup-epochs
   config.optim.cooldown_epochs = 10  # --cooldown-epochs
-  config.optim.per_step_lr = False  # timm updates the lr once per epoch
+  # True: the lr per step (timm >= 0.9's --sched-on-updates); False: once per epoch, as timm 0.5.4.
+  config.optim.per_step_lr = False
   config.optim.weight_decay = 0.05  # --weight-decay (parameters of 2 or more dimensions)
   config.optim.b1 = 0.9  # --opt-betas
   config.optim.b2 = 0.999
@@ -75,7 +81,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.global_batch_size = 2048  # -b 256 on 8 GPUs
   config.grad_accum_steps = 1  # Micro-batches per step: the same update with less memory.
-  config.ema_decay = ml_collections.FieldReference(None, field_type=float)  # --model-ema-decay
+  # --model-ema-decay (None: no EMA weights).
+  config.ema_decay = ml_collections.FieldReference(None, field_type=float)
   config.fsdp = False  # Shard parameters and optimiser state over the devices.
   config.eval_batch_size = 1024
   # Named evaluations, all run at every evaluation and by eval_only: a dataset ('' for

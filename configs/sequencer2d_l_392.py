@@ -5,8 +5,8 @@
       --config.init_from=$CKPT/sequencer2d_l
 
 Global batch 512, 30 epochs, no warmup or cooldown, cosine from 5e-5 to 1e-6, wd 1e-8, drop
-path 0.4, evaluation at 392 with crop_pct 1.0. Expected: 84.6% top-1 (the released
-sequencer2d_l_392's; not reproduced here).
+path 0.4, evaluation at 392 with crop_pct 1.0. Expected: 84.6% top-1 (the paper's;
+not reproduced here).
 """
 
 from configs import default

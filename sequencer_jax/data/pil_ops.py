@@ -38,7 +38,7 @@ rounded once to float32 (the conversion keeps them apart from the addition); Aut
 i * (255 / n) for all i and n is a constant table; every float64 product of the geometry passes
 through `rounded`, a select that the compiler cannot see through. Python's `round(x, 15)` of
 the rotation entries is reproduced exactly (`_round15`). All ops are then bit-exact against
-Pillow on the CPU (measured at XLA's backend optimisation levels 0 and 3).
+Pillow on the CPU (tested at XLA's backend optimisation levels 0 and 3).
 """
 
 from __future__ import annotations

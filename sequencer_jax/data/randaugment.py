@@ -203,7 +203,7 @@ def sample_layers(key: jax.Array, batch: int, config: RandAugmentConfig) -> Laye
   shape = (batch, config.num_ops)
   op_key, uniform_key, normal_key = jax.random.split(key, 3)
   op = jax.random.randint(op_key, shape, 0, len(config.ops), dtype=jnp.int32)
-  # One uniform draw for the three coin flips (each draw costs ~0.3 s of compilation).
+  # One uniform draw for the three coin flips: every separate draw adds to the compile time.
   applied, negate, bicubic = jax.random.uniform(uniform_key, (3,) + shape)
   magnitude = jnp.full(shape, config.magnitude, jnp.float32)
   if config.magnitude_std > 0:
@@ -277,8 +277,8 @@ def _layer(images: jax.Array, op: jax.Array, applied: jax.Array, magnitude: jax.
   images whose op is of another pass. Passes that no op of `names` uses are left out.
 
   The affine pass comes last: its 16 gathers read a materialised image, while XLA fuses the
-  cheap passes into their consumers (a blend pass after the affine one recomputed the float64
-  interpolation for each of SMOOTH's nine taps: the layer 4x slower on the CPU)."""
+  cheap passes into their consumers (a blend pass after the affine one would recompute the
+  float64 interpolation for each of SMOOTH's nine taps)."""
   b, h, w, _ = images.shape
   with jax.enable_x64(True):
     arg = _level_to_args(names, op, magnitude.astype(jnp.float64), negate)
