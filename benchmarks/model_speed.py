@@ -47,7 +47,8 @@ from sequencer_jax.models import (Sequencer, abstract_params, create_model, list
 from sequencer_jax.models.flops import forward_flops  # noqa: E402
 from sequencer_jax.models.layers import DTYPES  # noqa: E402
 from sequencer_jax.models.rnn_impls import RNN_IMPLS  # noqa: E402
-from sequencer_jax.train import optim, sharding  # noqa: E402
+from sequencer_jax import sharding  # noqa: E402
+from sequencer_jax.train import optim  # noqa: E402
 from sequencer_jax.train.state import create_train_state  # noqa: E402
 from sequencer_jax.train.step import make_train_step  # noqa: E402
 from tools import torchvision_stand_in  # noqa: E402

@@ -2,7 +2,7 @@
 
   classifier = Classifier.from_source('hf-hub:timm/sequencer2d_s.in1k')
   classifier.predict([pil_image, uint8_array])          # notebooks
-  classifier.predict_files(['photo.jpg', 'scan.png'])  # files: unreadable ones are reported
+  classifier.predict_files(['photo.jpg', 'scan.png'])  # files: unreadable ones say why
 
 Each image goes through timm's evaluation transform with the model record's data config
 (input size, crop_pct, interpolation, mean, std). Files are refused by name, never decoded,
@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from sequencer_jax import pretrained
-from sequencer_jax.data import folder, image_header, transforms
+from sequencer_jax.data import folder, image_header, transforms, unreadable
 
 IMAGE_SUFFIXES = folder.DECODABLE_EXTENSIONS + ('.gif',)
 
@@ -85,18 +85,23 @@ class Classifier:
     return str(index) if names is None else names[index]
 
   def read_file(self, path: str, max_pixels: int = image_header.MAX_PIXELS) -> np.ndarray:
-    """The file's uint8 RGB pixels; ImageError for a file that is no image or too large."""
+    """The file's uint8 RGB pixels; ImageError, saying why in words, for a file that cannot be
+    read, is no image (`unreadable.reason`) or is over the pixel limit."""
     try:
       with open(path, 'rb') as f:
-        encoded = tf.constant(f.read())
-      height, width = (int(v) for v in self._header(encoded))
-      if height * width > max_pixels:
-        raise ImageError(f'{path}: its header claims {width} x {height} = {height * width:,} '
-                         f'pixels, over the limit of {max_pixels:,}; not decoded')
+        data = f.read()
+    except OSError as e:
+      raise ImageError(f'{path} cannot be read: {e.strerror or e}') from None
+    encoded = tf.constant(data)
+    try:
+      height, width = self._header(encoded).numpy().tolist()
+      over = image_header.over_limit(height, width, max_pixels)
+      if over:
+        raise ImageError(f'{path}: {over}')
       return self._decode(encoded).numpy()
-    except (OSError, tf.errors.OpError) as e:
-      reason = getattr(e, 'message', None) or str(e)
-      raise ImageError(f'{path} cannot be read as an image: {reason.splitlines()[0]}') from None
+    except tf.errors.OpError as e:
+      why = unreadable.reason(data, e.message)
+      raise ImageError(f'{path} cannot be read as an image: {why}') from None
 
   def preprocess(self, image: Any) -> np.ndarray:
     """timm's eval transform of one image: (input_size, input_size, 3) float32."""

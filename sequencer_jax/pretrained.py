@@ -1,26 +1,24 @@
 """`load_pretrained(source)`: a model from wherever its weights are, described by its record.
 
 A source is a model directory (written by the converter or by export), a training workdir (its
-best checkpoint), a PyTorch `.pth`/`.bin`/`.safetensors` file in either key layout (converted
-in memory, nothing written), or `hf-hub:<owner>/<name>` read from the local Hugging Face cache.
+best checkpoint when it has one, else its newest: `weights/workdir.py`), a PyTorch
+`.pth`/`.bin`/`.safetensors` file in either key layout (converted in memory, nothing written),
+or `hf-hub:<owner>/<name>` read from the local Hugging Face cache.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 
 from sequencer_jax.models import Sequencer
-from sequencer_jax.train.checkpoints import CheckpointError, read_trained_params
-from sequencer_jax.weights import hub, torch_files, torch_keys
+from sequencer_jax.errors import CheckpointError
+from sequencer_jax.weights import hub, torch_files, torch_keys, workdir
 from sequencer_jax.weights.model_format import (ModelFormatError, ModelRecord, is_model_directory,
                                                 read_model_directory)
 
-MODEL_JSON = 'model.json'  # The model record a training run writes into its workdir.
 TORCH_SUFFIXES = ('.pth', '.pt', '.bin', '.tar', '.safetensors')
 SOURCES = ('a model directory, a training workdir, a .pth/.bin/.safetensors file, or '
            'hf-hub:<owner>/<name> (e.g. hf-hub:timm/sequencer2d_s.in1k)')
@@ -36,25 +34,6 @@ class Pretrained(NamedTuple):
   model: Sequencer
   variables: dict[str, Any]
   record: ModelRecord
-
-
-def is_training_workdir(path: str) -> bool:
-  """Whether `path` holds a training run (its model record, or its checkpoint directories)."""
-  return any(os.path.exists(os.path.join(path, entry))
-             for entry in (MODEL_JSON, 'checkpoints', 'best'))
-
-
-def read_workdir_record(workdir: str) -> ModelRecord:
-  """The model record the trainer wrote into `workdir`."""
-  path = os.path.join(os.path.abspath(workdir), MODEL_JSON)
-  if not os.path.isfile(path):
-    raise SourceError(f'{workdir} is a training workdir without {MODEL_JSON} (the model '
-                      f'record every run writes at its start); it cannot be described')
-  try:
-    with open(path) as f:
-      return ModelRecord.from_json(json.load(f), path)
-  except (OSError, ValueError) as e:
-    raise SourceError(f'{path} cannot be read: {e}') from None
 
 
 def _from_torch_file(path: str, source: str) -> tuple[ModelRecord, Any]:
@@ -73,20 +52,14 @@ def _from_hub(source: str) -> tuple[ModelRecord, Any]:
 
 def _resolve(source: str, ema: bool) -> tuple[ModelRecord, Any]:
   path = os.path.abspath(os.path.expanduser(source))
-  workdir = os.path.isdir(path) and not is_model_directory(path) and is_training_workdir(path)
-  if ema and not workdir:
+  run = os.path.isdir(path) and not is_model_directory(path) and workdir.is_training_workdir(path)
+  if ema and not run:
     raise SourceError(f'{source}: only a training workdir holds EMA weights beside the raw '
                       f'ones; export them with `python -m sequencer_jax.export WORKDIR DST --ema`')
   if source.startswith(hub.HUB_PREFIX):
     return _from_hub(source)
-  if workdir:
-    record = read_workdir_record(path)
-    best_dir = os.path.join(path, 'best')
-    best = os.path.isdir(best_dir) and bool(os.listdir(best_dir))
-    step, params = read_trained_params(path, best=best, ema=ema)
-    return dataclasses.replace(record, provenance={
-        'workdir': path, 'step': step, 'checkpoint': 'best' if best else 'newest',
-        'weights': 'ema' if ema else 'raw'}), params
+  if run:
+    return workdir.read_trained_model(path, ema=ema)
   if os.path.isdir(path):
     if is_model_directory(path):
       return read_model_directory(path)

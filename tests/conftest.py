@@ -3,8 +3,8 @@ importable without torchvision.
 
 Only the torchvision stand-in is registered here (it imports neither torch nor timm): torch and
 timm are imported by the tests that compare against them, and by no other. The suite is bound by
-XLA's compile time, not by the run time of its small computations: LLVM compiles at -O0 (a third
-faster), and a computation compiled twice in one session is read back from a disk cache.
+XLA's compile time, not by the run time of its small computations: LLVM compiles at -O0 (shorter
+compiles), and a computation compiled twice in one session is read back from a disk cache.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ import ml_collections
 
 from configs import demo
 from sequencer_jax.data import synthetic
-from sequencer_jax.train import overrides, sharding
+from sequencer_jax import sharding
+from sequencer_jax.train import overrides
 from sequencer_jax.train.checkpoints import TrainCheckpoints
 from sequencer_jax.train.config import build_model, build_optimizer, run_record
 from sequencer_jax.train.state import create_train_state

@@ -18,7 +18,7 @@ import optax
 from sequencer_jax.data.device_augment import DeviceAugment
 from sequencer_jax.data.mixup import MixupConfig
 from sequencer_jax.models import Sequencer, SequencerArch, abstract_params
-from sequencer_jax.train.sharding import global_batch, make_mesh
+from sequencer_jax.sharding import global_batch, make_mesh
 from sequencer_jax.train.state import create_train_state
 from sequencer_jax.train.step import make_train_step
 

@@ -25,10 +25,10 @@ import numpy as np
 from sequencer_jax import pretrained
 from sequencer_jax.data import cpu_only
 from sequencer_jax.data.image_header import MAX_PIXELS
-from sequencer_jax.data.folder import DatasetError
+from sequencer_jax.errors import DatasetError
 from sequencer_jax.evaluation import runner, suites
 from sequencer_jax.models import abstract_params
-from sequencer_jax.train import sharding
+from sequencer_jax import sharding
 
 RESULT_FIELDS = ('model', 'eval', 'dataset', 'top1', 'top1_err', 'top5', 'top5_err', 'mce',
                  'images', 'param_count', 'img_size', 'crop_pct', 'interpolation')

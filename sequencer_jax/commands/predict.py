@@ -5,8 +5,9 @@
 
 SOURCE is anything `sequencer_jax.load_pretrained` takes (a model directory, a training workdir,
 a PyTorch file, hf-hub:timm/sequencer2d_s.in1k). PATHs are images or folders (searched
-recursively). A file that cannot be read is reported by name and the others still predicted;
-the exit status is then 1.
+recursively). A file that cannot be read is reported by name with why, in words ("truncated
+JPEG", "empty file", "not an image (text)"), and the others still predicted; the exit status is
+then 1.
 """
 
 from __future__ import annotations

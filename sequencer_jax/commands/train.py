@@ -15,12 +15,10 @@ import os
 import sys
 
 import jax
-import ml_collections
 from absl import app, flags
-from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from sequencer_jax.data import cpu_only, synthetic
+from sequencer_jax.data import cpu_only
 from sequencer_jax.train import distributed, loop, overrides
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file in configs/.',
@@ -65,21 +63,6 @@ def parse_flags(argv: list[str]) -> list[str]:
     raise
 
 
-def prepare_demo_data(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """configs/demo.py with its default (empty) dataset: the generated images, written once to
-  <workdir>/data. A dataset path the user gave is never written to."""
-  demo = config.get('demo')
-  if demo is None or config.data.dataset:
-    return
-  config.data.dataset = os.path.join(os.path.abspath(workdir), 'data')
-  if not os.path.isdir(config.data.dataset) and jax.process_index() == 0:
-    synthetic.write_image_folder(config.data.dataset, train_per_class=demo.train_per_class,
-                                 val_per_class=demo.val_per_class, size=demo.image_size,
-                                 seed=demo.seed)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices('demo data written')
-
-
 def _show_progress_notes() -> None:
   """Our INFO lines and clu's progress notes (steps/s, ETA) on the console; absl's other INFO
   lines (orbax's and clu's per-save chatter) and JAX's backend probing stay hidden."""
@@ -101,8 +84,6 @@ def main(argv: list[str]) -> None:
   _show_progress_notes()
   config, workdir = _CONFIG.value, _WORKDIR.value
   try:
-    loop.check_workdir(workdir)
-    prepare_demo_data(config, workdir)
     metrics = loop.train_and_evaluate(config, workdir)
   except loop.INPUT_ERRORS as e:
     sys.exit(f'error: {e}')

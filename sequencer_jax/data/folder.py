@@ -10,14 +10,12 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from sequencer_jax.errors import DatasetError
+
 # torchvision's IMG_EXTENSIONS, compared case-insensitively as ImageFolder does.
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
 # Of those, the ones TensorFlow's decoders read.
 DECODABLE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
-
-
-class DatasetError(ValueError):
-  """A dataset directory that cannot be used; the message says what to fix."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -69,6 +69,15 @@ def header_size(encoded: tf.Tensor) -> tf.Tensor:
   ], default=lambda: tf.constant([-1, -1], tf.int64))
 
 
+def over_limit(height: int, width: int, max_pixels: int = MAX_PIXELS) -> str | None:
+  """What to say of an image whose header declares `height` x `width` pixels, if that is over
+  `max_pixels`; None if it is not."""
+  if height * width <= max_pixels:
+    return None
+  return (f'its header claims {width} x {height} = {height * width:,} pixels, over the limit of '
+          f'{max_pixels:,}; not decoded')
+
+
 def refuse_over_limit(encoded: tf.Tensor, max_pixels: int = MAX_PIXELS) -> tf.Tensor:
   """`encoded`, once its header is checked: an image declaring more than `max_pixels` pixels
   raises InvalidArgumentError instead, before anything decodes it (tf.data pipelines then skip

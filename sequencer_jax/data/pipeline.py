@@ -13,9 +13,10 @@ batches an uninterrupted run would have seen.
 Evaluation reads each example exactly once over all processes: every process runs the same
 number of batches, the last ones padded with masked-out zero images.
 
-A file that cannot be decoded is skipped, logged with its name and counted (`skipped`), never a
-crash; on resume, records are skipped before decoding, so undecodable files inside the part of
-an epoch that is skipped shift the rest of that epoch by their count.
+A file that cannot be decoded is skipped, logged with its name and why in words (`skip_reason`),
+and counted (`skipped`), never a crash; on resume, records are skipped before decoding, so
+undecodable files inside the part of an epoch that is skipped shift the rest of that epoch by
+their count.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import tensorflow as tf
 
-from sequencer_jax.data import image_header, pil_resize, transforms
-from sequencer_jax.data.folder import DatasetError
+from sequencer_jax.data import image_header, pil_resize, transforms, unreadable
+from sequencer_jax.errors import DatasetError
 from sequencer_jax.data.sources import Source
 from sequencer_jax.models.data_config import DataConfig
 
@@ -75,24 +76,48 @@ def train_transform(encoded: tf.Tensor, seed: tf.Tensor, size: int,
                                           augment.fused_decode)
 
 
+def skip_reason(source: Source, index: int, count: int, shuffle_seed: int | None, position: int,
+                max_pixels: int = image_header.MAX_PIXELS) -> str:
+  """Why the record at `position` of `source.records(index, count, shuffle_seed)` was skipped, in
+  words: over the pixel limit, or why it does not decode (`unreadable.reason`), read again."""
+  try:
+    data = source.read_encoded(index, count, shuffle_seed, position)
+  except OSError as e:
+    return f'cannot be read: {e.strerror or e}'
+  if data is None:
+    return 'cannot be decoded or is over the pixel limit'
+  encoded = tf.constant(data)
+  try:
+    height, width = image_header.header_size(encoded).numpy().tolist()
+    over = image_header.over_limit(height, width, max_pixels)
+    if over:
+      return over
+    transforms.decode_rgb(encoded)
+  except tf.errors.OpError as e:
+    return unreadable.reason(data, e.message)
+  return 'it failed to read or decode once, and decodes when read again'
+
+
 class _Batches:
   """Numpy batches of a tf.data pipeline whose elements carry their record position; a gap in
-  the positions is a skipped (undecodable) record, named in a warning and counted.
+  the positions is a skipped (undecodable) record, named with why (`explain`) in a warning and
+  kept in `skipped` (name: reason).
 
   Positions run up to `end_position`; with `covers_end`, the last batch must have seen them all.
   """
 
   def __init__(self, dataset: tf.data.Dataset, num_batches: int,
-               describe: Callable[[int], str], end_position: int, first_position: int = 0,
-               covers_end: bool = False):
+               describe: Callable[[int], str], explain: Callable[[int], str], end_position: int,
+               first_position: int = 0, covers_end: bool = False):
     self._iterator = dataset.as_numpy_iterator()
     self._describe = describe
+    self._explain = explain
     self._next_position = first_position
     self._end_position = end_position
     self._covers_end = covers_end
     self.num_batches = num_batches
     self.remaining = num_batches
-    self.skipped: list[str] = []
+    self.skipped: dict[str, str] = {}  # Name: why it was skipped.
     self.images = 0  # Yielded so far, padding excluded.
     self.host_resized = 0  # Of those, crops larger than the canvas, resized on the host.
 
@@ -106,9 +131,10 @@ class _Batches:
       batch = next(self._iterator)
     except StopIteration:
       self._skip_until(self._end_position)
+      first = '; '.join(f'{name}: {why}' for name, why in list(self.skipped.items())[:5])
       raise DatasetError(f'the data ran out {self.remaining} batch(es) early: '
                          f'{len(self.skipped)} record(s) could not be decoded '
-                         f'(first: {", ".join(self.skipped[:5])})') from None
+                         f'(first: {first})') from None
     self.remaining -= 1
     positions = batch.pop('position')
     for position in positions:
@@ -126,9 +152,9 @@ class _Batches:
       name = self._describe(missing)
       if name in self.skipped:  # Seen again in the second pass of a training epoch.
         continue
-      self.skipped.append(name)
-      log.warning('skipped an image that cannot be decoded or is over the pixel limit: %s '
-                  '(%d skipped so far)', name, len(self.skipped))
+      self.skipped[name] = self._explain(missing)
+      log.warning('skipped %s: %s; %d skipped so far', name, self.skipped[name],
+                  len(self.skipped))
     self._next_position = max(self._next_position, position + 1)
 
 
@@ -181,7 +207,39 @@ def train_batches(source: Source, *, global_batch: int, image_size: int,
   size = source.shard_size(process_index, process_count)
   return _Batches(dataset, steps - start_step,
                   lambda p: source.describe(process_index, process_count, epoch_seed, p % size),
+                  lambda p: skip_reason(source, process_index, process_count, epoch_seed,
+                                        p % size, max_pixels),
                   end_position=2 * size, first_position=start_step * local)
+
+
+class TrainSteps:
+  """This process's batches for every training step from `start_step` on, epoch after epoch,
+  with no end: the one iterator the training loop runs, zipped with its range of steps. Each
+  epoch is `train_batches(..., epoch=e)`, opened when its first batch is asked for; `epoch` is
+  the one read last, whose counters (`skipped`, `images`, `host_resized`) the loop logs."""
+
+  def __init__(self, source: Source, *, start_step: int, global_batch: int,
+               process_count: int = 1, **epoch_kwargs):
+    self._open = lambda epoch, start: train_batches(
+        source, global_batch=global_batch, process_count=process_count, epoch=epoch,
+        start_step=start, **epoch_kwargs)
+    self._index, self._start = divmod(start_step,
+                                      steps_per_epoch(source, global_batch, process_count))
+    self.epoch: _Batches | None = None
+    self._batches: Iterator[dict[str, np.ndarray]] = iter(())
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    try:
+      return next(self._batches)
+    except StopIteration:  # The first batch, or the end of an epoch: open the next epoch.
+      if self.epoch is not None:
+        self._index, self._start = self._index + 1, 0
+      self.epoch = self._open(self._index, self._start)
+      self._batches = iter(self.epoch)
+      return next(self._batches)
 
 
 def eval_batches(source: Source, *, batch_size: int, data_config: DataConfig,
@@ -220,4 +278,6 @@ def eval_batches(source: Source, *, batch_size: int, data_config: DataConfig,
              .with_options(_options()))
   return _Batches(dataset, num_batches,
                   lambda p: source.describe(process_index, process_count, None, p),
+                  lambda p: skip_reason(source, process_index, process_count, None, p,
+                                        max_pixels),
                   end_position=source.shard_size(process_index, process_count), covers_end=True)

@@ -17,7 +17,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from sequencer_jax.data import folder
-from sequencer_jax.data.folder import DatasetError
+from sequencer_jax.errors import DatasetError
 
 # Datasets this project knows how to read from TFDS, and the label feature of each.
 TFDS_LABEL_KEYS = {
@@ -77,6 +77,13 @@ class Source(abc.ABC):
     """A name for the example at `position` of `records(index, count, shuffle_seed)`."""
     return f'example {position} of share {index}/{count}'
 
+  def read_encoded(self, index: int, count: int, shuffle_seed: int | None,
+                   position: int) -> bytes | None:
+    """The encoded image at `position` of `records(index, count, shuffle_seed)`, read again
+    outside tf.data to say why it could not be decoded; None where one record cannot be read
+    cheaply. OSError if it cannot be read."""
+    return None
+
 
 @dataclasses.dataclass
 class FolderSource(Source):
@@ -106,6 +113,11 @@ class FolderSource(Source):
 
   def describe(self, index: int, count: int, shuffle_seed: int | None, position: int) -> str:
     return self.split.paths[self._order(index, count, shuffle_seed)[position]]
+
+  def read_encoded(self, index: int, count: int, shuffle_seed: int | None,
+                   position: int) -> bytes | None:
+    with open(self.describe(index, count, shuffle_seed, position), 'rb') as f:
+      return f.read()
 
 
 class TfdsSource(Source):

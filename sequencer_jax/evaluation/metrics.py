@@ -5,7 +5,8 @@ ImageNet-1k classes, best first) with the images' labels (ImageNet-1k indices) a
 indices in the set, and returns its figures:
 
 * `TopK`: top-1/top-5 accuracy (ImageNet, V2, Sketch; and A and R, whose predictions are taken
-  over their 200 classes only, by the evaluation step).
+  over their 200 classes only, by the evaluation step), and the mean cross-entropy when the step
+  gives each image's loss (training's `accuracy` evaluations, labelled in the model's classes).
 * `RealAccuracy`: ReaL (Beyer et al. 2020): a prediction is correct when it is in the image's
   set of ReaL labels; images whose set is empty are left out.
 * `CorruptionError`: ImageNet-C (Hendrycks & Dietterich 2019): top-1 per corruption (mean over
@@ -50,10 +51,11 @@ class Metric(abc.ABC):
   """Accumulates batches of top-5 predictions; `result()` gives the figures so far."""
 
   @abc.abstractmethod
-  def update(self, predictions: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> None:
+  def update(self, predictions: np.ndarray, labels: np.ndarray, indices: np.ndarray,
+             losses: np.ndarray | None = None) -> None:
     """`predictions`: (n, 5) class indices, best first; `labels`: (n,) ImageNet-1k indices;
     `indices`: the images' indices in the evaluated set (for the metrics that look up
-    per-image annotations)."""
+    per-image annotations); `losses`: (n,) each image's cross-entropy, when computed."""
 
   @abc.abstractmethod
   def result(self) -> dict[str, Any]:
@@ -61,20 +63,27 @@ class Metric(abc.ABC):
 
 
 class TopK(Metric):
-  """Top-1 and top-5 accuracy against one label per image."""
+  """Top-1 and top-5 accuracy against one label per image; with losses, their mean as `loss`."""
 
   def __init__(self):
     self.hits = np.zeros(2)
     self.count = 0
+    self.loss_sum: float | None = None
 
-  def update(self, predictions: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> None:
+  def update(self, predictions: np.ndarray, labels: np.ndarray, indices: np.ndarray,
+             losses: np.ndarray | None = None) -> None:
     correct = predictions == labels[:, None]
     self.hits += [correct[:, 0].sum(), correct.any(axis=1).sum()]
     self.count += len(labels)
+    if losses is not None:
+      self.loss_sum = (self.loss_sum or 0.0) + float(np.sum(losses, dtype=np.float64))
 
   def result(self) -> dict[str, Any]:
     top1, top5_ = self.hits / max(self.count, 1)
-    return {'top1': float(top1), 'top5': float(top5_), 'images': self.count}
+    result = {'top1': float(top1), 'top5': float(top5_), 'images': self.count}
+    if self.loss_sum is not None:
+      result['loss'] = self.loss_sum / max(self.count, 1)
+    return result
 
 
 class RealAccuracy(Metric):
@@ -85,7 +94,8 @@ class RealAccuracy(Metric):
     self.hits = np.zeros(2)
     self.count = 0
 
-  def update(self, predictions: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> None:
+  def update(self, predictions: np.ndarray, labels: np.ndarray, indices: np.ndarray,
+             losses: np.ndarray | None = None) -> None:
     for row, index in zip(predictions, indices):
       real = self.label_sets[index]
       if real:  # Images without a ReaL label are left out.
@@ -105,7 +115,8 @@ class CorruptionError(Metric):
     self.hits: dict[str, np.ndarray] = {}
     self.counts: dict[str, int] = {}
 
-  def update(self, predictions: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> None:
+  def update(self, predictions: np.ndarray, labels: np.ndarray, indices: np.ndarray,
+             losses: np.ndarray | None = None) -> None:
     correct = predictions == labels[:, None]
     for row, index in zip(correct, indices):
       cell = self.cells[index]

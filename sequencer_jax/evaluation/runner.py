@@ -1,4 +1,5 @@
-"""Running a model over an evaluation set: a jitted top-5 step over the mesh, the metric on host."""
+"""Running a model over an evaluation set: one jitted predict step over the mesh, the metric on
+the host. Every evaluation uses it: the evaluate command's suites and training's evaluations."""
 
 from __future__ import annotations
 
@@ -11,35 +12,43 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from sequencer_jax import sharding
 from sequencer_jax.data import image_header, pipeline
 from sequencer_jax.evaluation.suites import EvalSet
 from sequencer_jax.models import DataConfig
-from sequencer_jax.train import sharding
+
+PredictStep = Callable[[Any, dict], dict]
 
 
 def make_predict_step(model: nn.Module, *, mesh: Mesh, params_sharding: Any,
-                      classes: tuple[int, ...] | None = None) -> Callable[[Any, dict], dict]:
+                      classes: tuple[int, ...] | None = None,
+                      with_loss: bool = False) -> PredictStep:
   """The jitted `(params, batch) -> {'top5', 'label', 'index', 'mask'}`, replicated on every
-  process: each image's five best classes (within `classes` when given), best first."""
+  process: each image's five best classes (within `classes` when given), best first, and with
+  `with_loss` its cross-entropy against its label (`loss`, float32)."""
   subset = None if classes is None else jnp.asarray(classes)
 
   def step(params: Any, batch: dict) -> dict:
     logits = model.apply({'params': params}, batch['image']).astype(jnp.float32)
+    out = {'label': batch['label'], 'index': batch['index'], 'mask': batch['mask']}
+    if with_loss:
+      log_probs = jax.nn.log_softmax(logits)
+      out['loss'] = -jnp.take_along_axis(log_probs, batch['label'][:, None], axis=-1)[:, 0]
     if subset is not None:
       logits = logits[:, subset]
     _, top = jax.lax.top_k(logits, min(5, logits.shape[-1]))
-    top = top if subset is None else subset[top]
-    return {'top5': top, 'label': batch['label'], 'index': batch['index'], 'mask': batch['mask']}
+    out['top5'] = top if subset is None else subset[top]
+    return out
 
   return jax.jit(step, in_shardings=(params_sharding, sharding.data_sharding(mesh)),
                  out_shardings=sharding.replicated(mesh))
 
 
-def run_eval(predict_step: Callable[[Any, dict], dict], params: Any, eval_set: EvalSet, *,
-             batch_size: int, data_config: DataConfig, mesh: Mesh,
+def run_eval(predict_step: PredictStep, params: Any, eval_set: EvalSet, *, batch_size: int,
+             data_config: DataConfig, mesh: Mesh,
              max_pixels: int = image_header.MAX_PIXELS) -> dict[str, Any]:
   """The metric of `eval_set` over all its images, and `skipped`: images that could not be read
-  (or were over `max_pixels`)."""
+  (or were over `max_pixels`). `predict_step` is `make_predict_step` for the set's classes."""
   batches = pipeline.eval_batches(eval_set.source, batch_size=batch_size,
                                   data_config=data_config, process_index=jax.process_index(),
                                   process_count=jax.process_count(), max_pixels=max_pixels)
@@ -50,5 +59,7 @@ def run_eval(predict_step: Callable[[Any, dict], dict], params: Any, eval_set: E
     labels = np.asarray(out['label'])[keep]
     if eval_set.label_map is not None:
       labels = eval_set.label_map[labels]
-    metric.update(np.asarray(out['top5'])[keep], labels, np.asarray(out['index'])[keep])
+    losses = np.asarray(out['loss'])[keep] if 'loss' in out else None
+    metric.update(np.asarray(out['top5'])[keep], labels, np.asarray(out['index'])[keep], losses)
   return {**metric.result(), 'skipped': len(batches.skipped)}
+

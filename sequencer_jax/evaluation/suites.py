@@ -10,6 +10,9 @@ class indices, with the metric its paper defines.
 | imagenet_c | `<corruption>/<severity>/<wnid>/*` | imagenet2012_corrupted/<c>_<s>:validation | CE, mCE |
 
 WordNet-id folders map to the model's ImageNet-1k indices, never to a new 0..K-1 labelling.
+
+Beside the suites, `accuracy_set` is any split labelled in the model's own classes (training's
+`accuracy` evaluations): top-1, top-5 and the mean cross-entropy.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from sequencer_jax.data import folder, sources
-from sequencer_jax.data.folder import DatasetError, FolderSplit
+from sequencer_jax.data.folder import FolderSplit
+from sequencer_jax.errors import DatasetError
 from sequencer_jax.evaluation import metrics
 from sequencer_jax.labels import imagenet1k_wnids, imagenet_real_labels, subset_indices, subset_wnids
 
@@ -33,6 +37,7 @@ SUITES = ('imagenet', 'real', 'imagenet_v2', 'imagenet_sketch', 'imagenet_a', 'i
 DEFAULT_SPLITS = {'imagenet2012': 'validation', 'imagenet2012_real': 'validation',
                   'imagenet_v2': 'test', 'imagenet_sketch': 'test', 'imagenet_a': 'test',
                   'imagenet_r': 'test', 'imagenet2012_corrupted': 'validation'}
+ACCURACY = 'accuracy'
 _REAL_FILE = re.compile(r'ILSVRC2012_val_(\d{8})\.')
 
 
@@ -48,6 +53,12 @@ class EvalSet:
   new_metric: Callable[[], metrics.Metric]
   classes: tuple[int, ...] | None = None
   label_map: np.ndarray | None = None
+  with_loss: bool = False  # The labels are the model's classes: the metric gets each loss.
+
+
+def accuracy_set(name: str, source: sources.Source) -> EvalSet:
+  """Top-1, top-5 and the mean cross-entropy on `source`, labelled in the model's classes."""
+  return EvalSet(name, ACCURACY, source, metrics.TopK, with_loss=True)
 
 
 def _wnid_index() -> dict[str, int]:

@@ -12,22 +12,15 @@ The data position needs no saving: the input pipeline is a pure function of the 
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 
-from sequencer_jax.weights.model_format import failed_read_reason
-
-_ITEMS = ('state', 'run', 'checksums')
-
-
-class CheckpointError(ValueError):
-  """A training checkpoint that is damaged or belongs to another run; nothing was changed."""
+from sequencer_jax.errors import CheckpointError
+from sequencer_jax.weights.workdir import CHECKPOINT_ITEMS, damaged, unreadable_arrays
 
 
 @jax.jit
@@ -43,17 +36,6 @@ def _checksums(state: Any) -> list[jax.Array]:
 def checksums(state: Any) -> list[int]:
   """A wrapping uint32 sum of the bits of each array of `state`."""
   return [int(c) for c in jax.device_get(_checksums(state))]
-
-
-def _damaged(directory: Any, step: int, reason: str) -> CheckpointError:
-  return CheckpointError(
-      f'checkpoint {step} in {directory} is damaged ({reason}). Nothing was changed; to resume '
-      f'from the newest checkpoint before it, move it out of the way: '
-      f'mv {directory}/{step} {directory}/{step}.damaged')
-
-
-def _unreadable_arrays(directory: Any, step: int, error: Exception) -> CheckpointError:
-  return _damaged(directory, step, f'its arrays cannot be read: {failed_read_reason(error)}')
 
 
 class TrainCheckpoints:
@@ -75,12 +57,12 @@ class TrainCheckpoints:
     # Each manager syncs processes at barriers named after it: with one shared name, a save to
     # best/ while a save to checkpoints/ is finishing collides ("Barrier ... is already ongoing").
     self.latest = ocp.CheckpointManager(
-        os.path.join(root, 'checkpoints'), item_names=_ITEMS,
+        os.path.join(root, 'checkpoints'), item_names=CHECKPOINT_ITEMS,
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, multiprocessing_options=ocp.options.MultiprocessingOptions(
                 barrier_sync_key_prefix='checkpoints'), **common))
     self.best = ocp.CheckpointManager(
-        os.path.join(root, 'best'), item_names=_ITEMS,
+        os.path.join(root, 'best'), item_names=CHECKPOINT_ITEMS,
         options=ocp.CheckpointManagerOptions(
             max_to_keep=1, best_fn=lambda metrics: metrics['top1'], best_mode='max',
             keep_checkpoints_without_metrics=False, multiprocessing_options=(
@@ -104,15 +86,16 @@ class TrainCheckpoints:
     return self.latest.latest_step()
 
   def restore(self, abstract_state: Any, step: int | None = None) -> Any:
-    """The state at `step` (default: the newest), laid out as `abstract_state`'s shardings,
-    after checking the run record and the checksums."""
+    """The state at `step` (default: the newest), laid out as `abstract_state`'s shardings (a
+    tree of arrays or of `jax.ShapeDtypeStruct`s with shardings), after checking the run record
+    and the checksums."""
     step = self.latest.latest_step() if step is None else step
     directory = self.latest.directory
     try:
       record = self.latest.restore(step, args=ocp.args.Composite(
           run=ocp.args.JsonRestore()))['run']
     except (FileNotFoundError, KeyError, ValueError) as e:
-      raise _damaged(directory, step, f'its run record cannot be read: {e}') from None
+      raise damaged(directory, step, f'its run record cannot be read: {e}') from None
     if record != self.record:
       diff = {k: (record.get(k), v) for k, v in self.record.items() if record.get(k) != v}
       raise CheckpointError(
@@ -124,11 +107,11 @@ class TrainCheckpoints:
       restored = self.latest.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target), checksums=ocp.args.JsonRestore()))
     except Exception as e:  # noqa: BLE001 - tensorstore raises bare Exceptions for bad bytes.
-      raise _unreadable_arrays(directory, step, e) from None
+      raise unreadable_arrays(directory, step, e) from None
     found = checksums(restored['state'])
     if found != restored['checksums']:
       bad = sum(a != b for a, b in zip(found, restored['checksums']))
-      raise _damaged(directory, step, f'{bad} of {len(found)} arrays differ from what was written')
+      raise damaged(directory, step, f'{bad} of {len(found)} arrays differ from what was written')
     return restored['state']
 
   def wait(self) -> None:
@@ -141,57 +124,3 @@ class TrainCheckpoints:
     self.wait()
     self.latest.close()
     self.best.close()
-
-
-def _read_only_manager(directory: str) -> ocp.CheckpointManager:
-  """A manager that only reads (orbax's notes about what read-only mode turns off are muted)."""
-  handlers = {'state': ocp.PyTreeCheckpointHandler(), 'run': ocp.JsonCheckpointHandler(),
-              'checksums': ocp.JsonCheckpointHandler()}
-  absl_logger = logging.getLogger('absl')
-  level = absl_logger.level
-  absl_logger.setLevel(logging.ERROR)
-  try:
-    return ocp.CheckpointManager(directory, item_handlers=handlers,
-                                 options=ocp.CheckpointManagerOptions(read_only=True))
-  finally:
-    absl_logger.setLevel(level)
-
-
-def read_trained_params(workdir: str, *, step: int | None = None, best: bool = False,
-                        ema: bool = False) -> tuple[int, Any]:
-  """`(step, parameters)` of one training checkpoint of `workdir`, on the host.
-
-  The newest checkpoint by default, `step` from checkpoints/, or (`best`) the one in best/;
-  `ema` takes the EMA parameters instead. Only the parameters are read.
-  """
-  root = os.path.abspath(workdir)
-  directory = os.path.join(root, 'best' if best else 'checkpoints')
-  if not os.path.isdir(directory):
-    raise CheckpointError(f'{root} has no {os.path.basename(directory)}/ directory: it is not '
-                          f'a training workdir, or the run saved no checkpoint yet')
-  manager = _read_only_manager(directory)
-  try:
-    steps = sorted(manager.all_steps())
-    if not steps:
-      raise CheckpointError(f'{directory} holds no checkpoint')
-    if step is None:
-      step = steps[-1]
-    elif step not in steps:
-      raise CheckpointError(f'{directory} has no checkpoint {step}; it has '
-                            f'{", ".join(map(str, steps))}')
-    tree = manager.item_metadata(step)['state']
-    key = 'ema_params' if ema else 'params'
-    if not tree.get(key):
-      raise CheckpointError(f'checkpoint {step} in {directory} holds no EMA weights (the run '
-                            f'had no ema_decay); export its raw weights without --ema')
-    target = {key: jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree[key])}
-    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
-    try:
-      restored = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.PyTreeRestore(item=target, restore_args=as_numpy,
-                                       partial_restore=True)))
-    except Exception as e:  # noqa: BLE001 - tensorstore raises bare Exceptions for bad bytes.
-      raise _unreadable_arrays(directory, step, e) from None
-    return step, jax.device_get(restored['state'][key])
-  finally:
-    manager.close()

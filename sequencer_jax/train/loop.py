@@ -9,32 +9,29 @@ else `config.init_from`, else a fresh initialisation. See configs/default.py for
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import math
 import os
-import signal
 import time
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 
-from sequencer_jax import pretrained
+from sequencer_jax import pretrained, sharding
 from sequencer_jax.data import pipeline, sources
-from sequencer_jax.data.folder import DatasetError
-from sequencer_jax.labels import readable_names
-from sequencer_jax.models import DataConfig, Sequencer, abstract_params, replace_head
-from sequencer_jax.train import optim, sharding, step as train_step
-from sequencer_jax.train.checkpoints import CheckpointError, TrainCheckpoints
+from sequencer_jax.errors import CheckpointError, DatasetError
+from sequencer_jax.models import Sequencer, abstract_params, replace_head
+from sequencer_jax.train import optim, start, step as train_step
+from sequencer_jax.train.checkpoints import TrainCheckpoints
 from sequencer_jax.train.config import (ConfigError, build_model, build_optimizer,
                                         device_augment, run_record, schedule_config,
                                         train_augment)
 from sequencer_jax.train.evaluations import Evaluations, scalars
+from sequencer_jax.train.preemption import Preemption
 from sequencer_jax.train.run_log import RunLog, log
-from sequencer_jax.train.state import TrainState, create_train_state
-from sequencer_jax.weights import ModelRecord
+from sequencer_jax.train.state import TrainState, abstract_train_state, create_train_state
 
 
 class TrainingError(RuntimeError):
@@ -44,12 +41,6 @@ class TrainingError(RuntimeError):
 # Errors in a run's inputs (config, data, checkpoints, workdir), each with a message that says
 # what is wrong: main.py prints the message alone.
 INPUT_ERRORS = (TrainingError, ConfigError, CheckpointError, DatasetError)
-
-
-def check_workdir(workdir: str) -> None:
-  """Refuses a workdir that exists but is not a directory."""
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise ConfigError(f'the workdir {workdir} is a file, not a directory; give a directory')
 
 
 def init_params(config: ml_collections.ConfigDict, model: Sequencer, *,
@@ -77,72 +68,6 @@ def init_params(config: ml_collections.ConfigDict, model: Sequencer, *,
              record.num_classes, model.num_classes)
     params = replace_head(params, model.num_classes)
   return params
-
-
-def model_record(config: ml_collections.ConfigDict, model: Sequencer,
-                 source: sources.Source) -> ModelRecord:
-  """What the run's weights are: the architecture, the training split's class names and the
-  evaluation transform of `config.data`."""
-  return ModelRecord(model.arch, model.num_classes, readable_names(source.class_names),
-                     DataConfig(config.data.image_size, config.data.crop_pct))
-
-
-def _write_model_record(record: ModelRecord, workdir: str) -> None:
-  """`<workdir>/model.json`, which export and `load_pretrained(workdir)` read."""
-  if jax.process_index() == 0:
-    text = json.dumps(record.to_json(), indent=2)
-    path = os.path.join(workdir, pretrained.MODEL_JSON)
-    tmp = f'{path}.tmp'
-    with open(tmp, 'w') as f:
-      f.write(text)
-    os.replace(tmp, path)
-
-
-class _Preemption:
-  """SIGTERM asks for a save and a clean exit at the next step boundary, on every process.
-
-  One process: a Python handler sets a flag. Several: JAX's own SIGTERM notifier (installed by
-  `jax.distributed.initialize`) tells every process, which all stop at the same step; a Python
-  handler would replace it, so none is installed.
-  """
-
-  def __init__(self):
-    self.requested = False
-    self._several = jax.process_count() > 1
-    if not self._several:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def reached(self, step: int) -> bool:
-    if self._several:
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self.requested
-
-  def restore(self) -> None:
-    if not self._several:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
-def _write_config(config: ml_collections.ConfigDict, workdir: str, step: int,
-                  learning_rate: float) -> None:
-  """Saves the resolved config, with the peak learning rate actually used (after any batch
-  scaling) as `resolved.learning_rate`; a resumed run with a changed config gets a second file."""
-  if jax.process_index() != 0:
-    return
-  resolved = json.loads(config.to_json_best_effort())
-  resolved['resolved'] = {'learning_rate': learning_rate}
-  text = json.dumps(resolved, indent=2, sort_keys=True)
-  path = os.path.join(workdir, 'config.json')
-  if os.path.exists(path):
-    with open(path) as f:
-      if f.read() == text:
-        return
-    path = os.path.join(workdir, f'config.resumed_at_step_{step}.json')
-  with open(path, 'w') as f:
-    f.write(text)
 
 
 def _evaluate_state(evaluations: Evaluations, state: Any, params_sharding: Any,
@@ -217,124 +142,196 @@ def _evaluate_only(config: ml_collections.ConfigDict, model: Sequencer, mesh: ja
     logger.close()
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+@dataclasses.dataclass(frozen=True)
+class _Every:
+  """When the periodic actions fall, given the number of steps taken (a run is whole epochs)."""
+
+  steps_per_epoch: int
+  total_steps: int
+  log_steps: int
+  checkpoint_steps: int
+  eval_epochs: int
+
+  def epoch_end(self, step: int) -> bool:
+    return step % self.steps_per_epoch == 0
+
+  def log(self, step: int) -> bool:
+    return step % self.log_steps == 0 or self.epoch_end(step)
+
+  def checkpoint(self, step: int) -> bool:
+    return step % self.checkpoint_steps == 0 or self.epoch_end(step)
+
+  def evaluate(self, step: int) -> bool:
+    epoch = step // self.steps_per_epoch
+    return self.epoch_end(step) and (epoch % self.eval_epochs == 0 or step == self.total_steps)
+
+
+class _Training:
+  """What the loop's body needs besides the state: the run's logs, checkpoints, evaluations and
+  timing, and the metrics of the steps not yet fetched from the device."""
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+               every: _Every, schedule: Any, logger: RunLog, checkpoints: TrainCheckpoints,
+               evaluations: Evaluations, params_sharding: Any, step: int):
+    self.config, self.mesh, self.every, self.schedule = config, mesh, every, schedule
+    self.logger, self.checkpoints, self.evaluations = logger, checkpoints, evaluations
+    self.params_sharding = params_sharding
+    self.pending: list[dict[str, jax.Array]] = []
+    self.metrics: dict[str, Any] = {}  # The last evaluation's.
+    self._window = (time.perf_counter(), step)
+
+  def log(self, step: int, batches: pipeline.TrainSteps) -> None:
+    """The mean loss and gradient norm since the last line, the speed and the data counters."""
+    values = _check_finite(self.pending, step, self.checkpoints)
+    start, start_step = self._window
+    elapsed = time.perf_counter() - start
+    images_per_s = (step - start_step) * self.config.global_batch_size / elapsed
+    epoch = batches.epoch
+    scalars_ = {'loss': float(np.mean([v['loss'] for v in values])),
+                'grad_norm': float(np.mean([v['grad_norm'] for v in values])),
+                'learning_rate': float(self.schedule(step - 1)),
+                'images_per_s': images_per_s,
+                'images_per_s_per_device': images_per_s / self.mesh.size,
+                'step_time_s': elapsed / (step - start_step),
+                'epoch': step / self.every.steps_per_epoch,
+                'skipped_images': float(len(epoch.skipped)),
+                # Crops larger than the canvas, resized on the host, in this epoch.
+                'host_resized_fraction': epoch.host_resized / max(epoch.images, 1)}
+    self.logger.write(step, 'train', scalars_)
+    self.logger.info('step %d/%d (epoch %.2f): loss %.4f, lr %.3g, %.1f img/s', step,
+                     self.every.total_steps, scalars_['epoch'], scalars_['loss'],
+                     scalars_['learning_rate'], images_per_s)
+    self._window = (time.perf_counter(), step)
+
+  def checkpoint(self, step: int, state: TrainState) -> None:
+    """Starts saving `state` once its steps' losses are known to be finite."""
+    _check_finite(self.pending, step, self.checkpoints)
+    self.checkpoints.save(step, state)
+
+  def evaluate(self, state: TrainState, when: str, write: bool = True) -> None:
+    """Every evaluation; the state is kept in best/ when it is the best so far."""
+    self.metrics = _evaluate_state(self.evaluations, state, self.params_sharding, self.config,
+                                   self.logger, when, write)
+    if write:  # As timm: with EMA weights, their top-1 chooses the best checkpoint.
+      top1 = self.metrics.get('ema_top1', self.metrics['top1'])
+      self.checkpoints.save_best(int(state.step), state, top1)
+
+
+def _log_start(config: ml_collections.ConfigDict, logger: RunLog, state: TrainState,
+               every: _Every, mesh: jax.sharding.Mesh, learning_rate: float) -> None:
+  n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+  logger.info('%s: %s parameters; %d steps per epoch, %d epochs, %d steps; %d devices, '
+              '%d processes', config.model.name, f'{n_params:,}', every.steps_per_epoch,
+              every.total_steps // every.steps_per_epoch, every.total_steps, mesh.size,
+              jax.process_count())
+  o = config.optim
+  logger.info('peak learning rate %.6g: %s at global batch %d%s', learning_rate, o.lr,
+              config.global_batch_size,
+              f', scaled linearly from the reference batch {o.reference_batch}'
+              if o.scale_lr_with_batch and config.global_batch_size != o.reference_batch
+              else ' (not scaled)')
+
+
+def _initial_state(config: ml_collections.ConfigDict, model: Sequencer, optimizer: Any,
+                   mesh: jax.sharding.Mesh,
+                   checkpoints: TrainCheckpoints) -> tuple[TrainState, Any]:
+  """The state to start from and its shardings: the newest checkpoint, restored into an abstract
+  target, else `config.init_from`'s parameters, else a fresh initialisation."""
+  kwargs = dict(image_size=config.data.image_size, mesh=mesh, fsdp=config.fsdp,
+                ema=config.ema_decay is not None)
+  if checkpoints.latest_step() is None:
+    return create_train_state(model, optimizer, seed=config.seed,
+                              params=init_params(config, model), **kwargs)
+  abstract = abstract_train_state(model, optimizer, **kwargs)
+  return checkpoints.restore(abstract), jax.tree.map(lambda x: x.sharding, abstract)
+
+
+def _open_training(config: ml_collections.ConfigDict) -> tuple[sources.Source, _Every]:
+  """The training split, checked against the model, and the run's timing."""
+  source = sources.open_source(config.data.dataset, config.data.train_split,
+                               config.data.data_dir, train_split=config.data.train_split)
+  if source.num_classes != config.model.num_classes:
+    raise TrainingError(f'{config.data.dataset} has {source.num_classes} classes but '
+                        f'model.num_classes is {config.model.num_classes}')
+  steps_per_epoch = pipeline.steps_per_epoch(source, config.global_batch_size,
+                                             jax.process_count())
+  total_steps = optim.total_epochs(schedule_config(config)) * steps_per_epoch
+  return source, _Every(steps_per_epoch, total_steps, config.log_every_steps,
+                        config.checkpoint_every_steps, config.eval_every_epochs)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, model: Sequencer,
+           mesh: jax.sharding.Mesh, evaluations: Evaluations,
+           cleanup: contextlib.ExitStack) -> dict[str, Any]:
+  """Training from the newest checkpoint (or the start) to the end; see `train_and_evaluate`."""
+  source, every = _open_training(config)
+  optimizer, schedule = build_optimizer(config, every.steps_per_epoch)
+  checkpoints = TrainCheckpoints(workdir, run_record(config), config.keep_checkpoints)
+  cleanup.callback(checkpoints.close)
+  state, shardings = _initial_state(config, model, optimizer, mesh, checkpoints)
+  logger = RunLog(workdir)
+  cleanup.callback(logger.close)
+  first = int(state.step)
+  if first:
+    logger.info('resumed from %s at step %d', checkpoints.latest.directory, first)
+  learning_rate = schedule_config(config).lr
+  start.write_config(config, workdir, first, learning_rate)
+  start.write_model_record(start.model_record(config, model, source), workdir)
+  _log_start(config, logger, state, every, mesh, learning_rate)
+  update = train_step.make_train_step(
+      model, optimizer, augment=device_augment(config), grad_accum_steps=config.grad_accum_steps,
+      ema_decay=config.ema_decay, mesh=mesh, state_shardings=shardings)
+  preemption = Preemption()
+  cleanup.callback(preemption.restore)
+  batches = pipeline.TrainSteps(
+      source, start_step=first, global_batch=config.global_batch_size,
+      image_size=config.data.image_size, augment=train_augment(config), seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      max_pixels=config.data.max_pixels)
+  run = _Training(config, mesh, every, schedule, logger, checkpoints, evaluations,
+                  shardings.params, first)
+  progress = logger.progress(every.total_steps, config.log_every_steps)
+  for step, batch in zip(range(first, every.total_steps), batches):
+    state, step_metrics = update(state, sharding.global_batch(batch, mesh))
+    run.pending.append(step_metrics)
+    done = step + 1
+    progress(done)
+    if every.log(done):
+      run.log(done, batches)
+    preempted = preemption.reached(done)
+    if preempted or every.checkpoint(done):
+      run.checkpoint(done, state)
+    if every.evaluate(done):
+      run.evaluate(state, f'epoch {done // every.steps_per_epoch}')
+    if preempted:
+      logger.info('preempted: saved step %d; the next start resumes from it', done)
+      return run.metrics
+  if not run.metrics:  # The run was already complete: report its final parameters.
+    logger.info('the run was already complete at step %d', first)
+    run.evaluate(state, f'step {first}', write=False)
+  return run.metrics
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or only evaluates) as `config` says; returns the last evaluation's metrics.
 
   The config, the data and any checkpoint to resume from are checked before anything is written
   to `workdir`.
   """
-  check_workdir(workdir)
-  model = build_model(config)
+  start.check_workdir(workdir)
+  start.prepare_demo_data(config, workdir)
   mesh = sharding.make_mesh()
-  index, count = jax.process_index(), jax.process_count()
   _check_batch_sizes(config, mesh)
   if config.eval_only and not config.init_from:
     raise ConfigError(f'eval_only needs init_from: {pretrained.SOURCES}')
-  eval_model = build_model(config, train=False)
-  evaluations = Evaluations(config, eval_model, mesh)
+  model = build_model(config)  # Deterministic when called without train=True.
+  evaluations = Evaluations(config, model, mesh)
   if config.eval_only:
-    return _evaluate_only(config, eval_model, mesh, evaluations, workdir)
-
-  augment, step_augment = train_augment(config), device_augment(config)  # Host, then the step.
-  train_source = sources.open_source(config.data.dataset, config.data.train_split,
-                                     config.data.data_dir, config.data.train_split)
-  if train_source.num_classes != config.model.num_classes:
-    raise TrainingError(f'{config.data.dataset} has {train_source.num_classes} classes but '
-                        f'model.num_classes is {config.model.num_classes}')
-  steps_per_epoch = pipeline.steps_per_epoch(train_source, config.global_batch_size, count)
-  schedule_cfg = schedule_config(config)
-  total_steps = optim.total_epochs(schedule_cfg) * steps_per_epoch
-  optimizer, schedule = build_optimizer(config, steps_per_epoch)
-  checkpoints = TrainCheckpoints(workdir, run_record(config), config.keep_checkpoints)
-  with contextlib.ExitStack() as cleanup:  # Closed on every way out, errors included.
-    cleanup.callback(checkpoints.close)
-    resume = checkpoints.latest_step() is not None
-    state, state_shardings = create_train_state(
-        model, optimizer, image_size=config.data.image_size, seed=config.seed, mesh=mesh,
-        fsdp=config.fsdp, ema=config.ema_decay is not None,
-        params=None if resume else init_params(config, model))
-    if resume:
-      state = checkpoints.restore(state)
-    logger = RunLog(workdir)
-    cleanup.callback(logger.close)
-    if resume:
-      logger.info('resumed from %s at step %d', checkpoints.latest.directory, int(state.step))
-    step = int(state.step)
-    _write_config(config, workdir, step, schedule_cfg.lr)
-    _write_model_record(model_record(config, model, train_source), workdir)
-    n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
-    logger.info('%s: %s parameters; %d steps per epoch, %d epochs, %d steps; %d devices, '
-                '%d processes', config.model.name, f'{n_params:,}', steps_per_epoch,
-                optim.total_epochs(schedule_cfg), total_steps, mesh.size, count)
-    o = config.optim
-    logger.info('peak learning rate %.6g: %s at global batch %d%s', schedule_cfg.lr, o.lr,
-                config.global_batch_size,
-                f', scaled linearly from the reference batch {o.reference_batch}'
-                if o.scale_lr_with_batch and config.global_batch_size != o.reference_batch
-                else ' (not scaled)')
-    update = train_step.make_train_step(
-        model, optimizer, augment=step_augment,
-        grad_accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay, mesh=mesh,
-        state_shardings=state_shardings)
-    preemption = _Preemption()
-    cleanup.callback(preemption.restore)
-    progress = logger.progress(total_steps, config.log_every_steps)
-    pending: list[dict[str, jax.Array]] = []
-    metrics: dict[str, float] = {}
-    window_start, window_step = time.perf_counter(), step
-    try:
-      while step < total_steps:
-        epoch, start = divmod(step, steps_per_epoch)
-        batches = pipeline.train_batches(
-            train_source, global_batch=config.global_batch_size,
-            image_size=config.data.image_size, augment=augment, seed=config.seed, epoch=epoch,
-            start_step=start, process_index=index, process_count=count,
-            max_pixels=config.data.max_pixels)
-        for batch in batches:
-          state, step_metrics = update(state, sharding.global_batch(batch, mesh))
-          step += 1
-          pending.append(step_metrics)
-          progress(step)
-          end_of_epoch = step % steps_per_epoch == 0
-          if step % config.log_every_steps == 0 or end_of_epoch or step == total_steps:
-            values = _check_finite(pending, step, checkpoints)
-            elapsed = time.perf_counter() - window_start
-            images_per_s = (step - window_step) * config.global_batch_size / elapsed
-            scalars = {'loss': float(np.mean([v['loss'] for v in values])),
-                       'grad_norm': float(np.mean([v['grad_norm'] for v in values])),
-                       'learning_rate': float(schedule(step - 1)),
-                       'images_per_s': images_per_s,
-                       'images_per_s_per_device': images_per_s / mesh.size,
-                       'step_time_s': elapsed / (step - window_step),
-                       'epoch': step / steps_per_epoch,
-                       'skipped_images': float(len(batches.skipped)),
-                       # Crops larger than the canvas, resized on the host, in this epoch.
-                       'host_resized_fraction': batches.host_resized / max(batches.images, 1)}
-            logger.write(step, 'train', scalars)
-            logger.info('step %d/%d (epoch %.2f): loss %.4f, lr %.3g, %.1f img/s', step,
-                        total_steps, scalars['epoch'], scalars['loss'], scalars['learning_rate'],
-                        images_per_s)
-            window_start, window_step = time.perf_counter(), step
-          stop = preemption.reached(step)
-          if stop or end_of_epoch or step % config.checkpoint_every_steps == 0:
-            _check_finite(pending, step, checkpoints)
-            checkpoints.save(step, state)
-          if end_of_epoch and ((step // steps_per_epoch) % config.eval_every_epochs == 0
-                               or step == total_steps):
-            metrics = _evaluate_state(evaluations, state, state_shardings.params, config,
-                                      logger, f'epoch {step // steps_per_epoch}')
-            # As timm: with EMA weights, their top-1 chooses the best checkpoint.
-            checkpoints.save_best(step, state, metrics.get('ema_top1', metrics['top1']))
-          if stop:
-            logger.info('preempted: saved step %d; the next start resumes from it', step)
-            return metrics
-      if not metrics:  # The run was already complete: report its final parameters.
-        logger.info('the run was already complete at step %d', step)
-        metrics = _evaluate_state(evaluations, state, state_shardings.params, config, logger,
-                                  f'step {step}', write=False)
-    except jax.errors.JaxRuntimeError as e:  # Raised where a result is first awaited.
-      if 'RESOURCE_EXHAUSTED' in str(e):
-        raise TrainingError(_oom_message(e, config, mesh)) from None
-      raise
-    return metrics
-
+    return _evaluate_only(config, model, mesh, evaluations, workdir)
+  try:
+    with contextlib.ExitStack() as cleanup:  # Closed on every way out, errors included.
+      return _train(config, workdir, model, mesh, evaluations, cleanup)
+  except jax.errors.JaxRuntimeError as e:  # Raised where a result is first awaited.
+    if 'RESOURCE_EXHAUSTED' in str(e):
+      raise TrainingError(_oom_message(e, config, mesh)) from None
+    raise

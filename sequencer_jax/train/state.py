@@ -1,4 +1,5 @@
-"""The train state: created directly in its shardings on the mesh, from scratch or from weights.
+"""The train state: created directly in its shardings on the mesh, from scratch or from weights,
+or described abstractly (shapes, dtypes, shardings) for a checkpoint to be restored into.
 
 big_vision's design: the state is created by `jax.jit(init, out_shardings=...)` after
 `eval_shape`, so nothing is materialised on one device first.
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from sequencer_jax.train.sharding import FSDP_MIN_SIZE, param_shardings
+from sequencer_jax.sharding import FSDP_MIN_SIZE, param_shardings
 
 
 @flax.struct.dataclass
@@ -39,6 +40,19 @@ def _new_state(optimizer: optax.GradientTransformation, ema: bool, params: Any,
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=optimizer.init(params), ema_params=params if ema else None,
                     rng=rng)
+
+
+def abstract_train_state(model: nn.Module, optimizer: optax.GradientTransformation, *,
+                         image_size: int, mesh: Mesh, fsdp: bool = False,
+                         fsdp_min_size: int = FSDP_MIN_SIZE, ema: bool = False) -> TrainState:
+  """The state `create_train_state` would make, as `jax.ShapeDtypeStruct`s carrying their
+  shardings, computed without allocating anything: the target a checkpoint restores into."""
+  init = lambda k, r: _new_state(optimizer, ema, _init_params(model, image_size, k), r)
+  key = jax.random.key(0)
+  abstract = jax.eval_shape(init, key, key)
+  shardings = param_shardings(abstract, mesh, fsdp, fsdp_min_size)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      abstract, shardings)
 
 
 def create_train_state(model: nn.Module, optimizer: optax.GradientTransformation, *,

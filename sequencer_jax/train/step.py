@@ -1,4 +1,4 @@
-"""The jitted train and eval steps, on a 'data' mesh (see `sharding.py`).
+"""The jitted train step, on a 'data' mesh (see `sharding.py`).
 
 big_vision's design: the step is one `jax.jit` over the global batch, donating the old state,
 with the randomness derived from the state's key folded with the step. The augmentation sees
@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -20,7 +19,7 @@ from jax.sharding import PartitionSpec as P
 
 from sequencer_jax.data.device_augment import DeviceAugment, augment_batch
 from sequencer_jax.models import Sequencer
-from sequencer_jax.train.sharding import DATA, data_sharding, replicated
+from sequencer_jax.sharding import DATA, data_sharding, replicated
 from sequencer_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -116,26 +115,3 @@ def make_train_step(model: Sequencer, optimizer: optax.GradientTransformation, *
   return jax.jit(step, in_shardings=(state_shardings, data_sharding(mesh)),
                  out_shardings=(state_shardings, replicated(mesh)), donate_argnums=(0,))
 
-
-def make_eval_step(model: nn.Module, *, mesh: Mesh,
-                   params_sharding: Any) -> Callable[[Any, Batch], Metrics]:
-  """The jitted `(params, batch) -> sums` over the examples whose 'mask' is True.
-
-  The batch holds 'image', 'label' and 'mask' sharded over 'data'; padding examples have mask
-  False. Returns {'loss': summed cross-entropy, 'top1', 'top5': correct counts, 'count': valid
-  examples}, to be added up over batches and divided by the total count.
-  """
-
-  def step(params: Any, batch: Batch) -> Metrics:
-    logits = model.apply({'params': params}, batch['image']).astype(jnp.float32)
-    labels, mask = batch['label'], batch['mask']
-    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1)[:, 0]
-    _, top = jax.lax.top_k(logits, min(5, logits.shape[-1]))
-    top1 = jnp.argmax(logits, axis=-1) == labels
-    top5 = jnp.any(top == labels[:, None], axis=-1)
-    count = lambda x: jnp.sum(x, dtype=jnp.int32)
-    return {'loss': jnp.sum(jnp.where(mask, nll, 0.0)), 'top1': count(mask & top1),
-            'top5': count(mask & top5), 'count': count(mask)}
-
-  return jax.jit(step, in_shardings=(params_sharding, data_sharding(mesh)),
-                 out_shardings=replicated(mesh))

@@ -12,6 +12,7 @@ import tensorflow as tf
 from PIL import Image
 
 from sequencer_jax.data import folder, transforms
+from sequencer_jax.errors import DatasetError
 from sequencer_jax.models import DataConfig
 
 
@@ -50,18 +51,18 @@ def test_class_ids_follow_imagefolder_order(tmp_path):
 
 
 def test_bad_folders_are_clear_errors(tmp_path):
-  with pytest.raises(folder.DatasetError, match='does not exist or is not a directory'):
+  with pytest.raises(DatasetError, match='does not exist or is not a directory'):
     _image_folder(str(tmp_path / 'missing'))
   _write(tmp_path / 'train' / 'cat' / '1.jpg', _image())
   (tmp_path / 'train' / 'dog').mkdir()
-  with pytest.raises(folder.DatasetError, match='1 class folder.* hold no images: dog'):
+  with pytest.raises(DatasetError, match='1 class folder.* hold no images: dog'):
     folder.list_split(str(tmp_path), 'train')
   _write(tmp_path / 'train' / 'dog' / '1.jpg', _image())
   _write(tmp_path / 'val' / 'cow' / '1.jpg', _image())
-  with pytest.raises(folder.DatasetError, match='class.*that the training split does not have: cow'):
+  with pytest.raises(DatasetError, match='class.*that the training split does not have: cow'):
     _image_folder(str(tmp_path))
   _write(tmp_path / 'train' / 'dog' / '2.tif', _image(), 'TIFF')
-  with pytest.raises(folder.DatasetError, match='formats TensorFlow cannot decode'):
+  with pytest.raises(DatasetError, match='formats TensorFlow cannot decode'):
     folder.list_split(str(tmp_path), 'train')
 
 

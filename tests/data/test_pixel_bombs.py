@@ -45,13 +45,14 @@ def test_images_over_the_limit_are_skipped_and_named(tmp_path, caplog):
   batches = pipeline.train_batches(train, global_batch=4, image_size=8,
                                    augment=pipeline.TrainAugment(canvas_size=16), seed=0,
                                    epoch=0, max_pixels=1000)
-  assert len(list(batches)) == 2 and batches.skipped == [str(big_train)]
-  assert str(big_train) in caplog.text and 'over the pixel limit' in caplog.text
+  over = 'its header claims 40 x 40 = 1,600 pixels, over the limit of 1,000; not decoded'
+  assert len(list(batches)) == 2 and batches.skipped == {str(big_train): over}
+  assert f'skipped {big_train}: {over}' in caplog.text
   val = sources.open_source(str(root), 'val')
   evaluated = pipeline.eval_batches(val, batch_size=4, data_config=DataConfig(8, 1.0),
                                     max_pixels=1000)
   assert sum(int(b['mask'].sum()) for b in evaluated) == 3
-  assert evaluated.skipped == [str(big_val)]
+  assert evaluated.skipped == {str(big_val): over}
   unlimited = pipeline.eval_batches(val, batch_size=4, data_config=DataConfig(8, 1.0))
   assert sum(int(b['mask'].sum()) for b in unlimited) == 4 and not unlimited.skipped
 

@@ -20,7 +20,7 @@ from sequencer_jax.evaluation import metrics, runner
 from sequencer_jax.inference import Classifier
 from sequencer_jax.labels import imagenet1k_wnids, imagenet_real_labels, subset_wnids
 from sequencer_jax.models import DataConfig, SequencerArch
-from sequencer_jax.train import sharding
+from sequencer_jax import sharding
 
 ARCH = SequencerArch(layers=(1, 1), patch_sizes=(4, 2), embed_dims=(16, 32), hidden_sizes=(4, 8))
 WNIDS = imagenet1k_wnids()

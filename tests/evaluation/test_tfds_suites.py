@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 from tfds_prepared import fake_prepared
 
-from sequencer_jax.data.folder import DatasetError
+from sequencer_jax.errors import DatasetError
 from sequencer_jax.evaluation import metrics, suites
 
 

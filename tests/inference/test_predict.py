@@ -124,8 +124,10 @@ def test_bad_files_are_named_and_the_others_predicted(model_dir, tmp_path, capsy
   assert status == 1
   entries = {e['path']: e for e in json.loads(out)}
   assert 'topk' in entries[str(good)]
-  assert 'cannot be read as an image' in entries[str(tmp_path / 'garbage.jpg')]['error']
-  assert 'cannot be read as an image' in entries[str(tmp_path / 'text.png')]['error']
+  assert entries[str(tmp_path / 'garbage.jpg')]['error'] == (
+      f'{tmp_path / "garbage.jpg"} cannot be read as an image: damaged JPEG: invalid marker 0x20')
+  assert entries[str(tmp_path / 'text.png')]['error'] == (
+      f'{tmp_path / "text.png"} cannot be read as an image: not an image (text)')
   assert entries[str(tmp_path / 'bomb.png')]['error'] == (
       f'{tmp_path / "bomb.png"}: its header claims 20000 x 20000 = 400,000,000 pixels, over the '
       f'limit of 89,478,485; not decoded')

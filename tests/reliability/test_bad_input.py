@@ -21,10 +21,10 @@ from tiny_run import tiny_config
 from configs import demo
 from sequencer_jax.commands import train as train_command
 from sequencer_jax.data import synthetic
-from sequencer_jax.data.folder import DatasetError
-from sequencer_jax.train import loop
+from sequencer_jax.train import loop, start
 from sequencer_jax.train import overrides
-from sequencer_jax.train.checkpoints import CheckpointError, TrainCheckpoints, checksums
+from sequencer_jax.errors import CheckpointError, DatasetError
+from sequencer_jax.train.checkpoints import TrainCheckpoints, checksums
 from sequencer_jax.train.config import ConfigError, run_record
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -103,12 +103,12 @@ def test_the_demo_writes_its_images_only_where_its_own_default_puts_them(tmp_pat
   config.demo.train_per_class, config.demo.val_per_class = 2, 1
   given = tmp_path / 'my_images'  # A path the user gave that does not exist: never written.
   config.data.dataset = str(given)
-  train_command.prepare_demo_data(config, str(tmp_path / 'run'))
+  start.prepare_demo_data(config, str(tmp_path / 'run'))
   assert not given.exists() and not (tmp_path / 'run').exists()
   with pytest.raises(DatasetError, match=f"'{given}' is neither an existing image folder"):
     loop.train_and_evaluate(config, str(tmp_path / 'run'))
   config.data.dataset = ''  # The demo's default: <workdir>/data, generated once.
-  train_command.prepare_demo_data(config, str(tmp_path / 'run'))
+  start.prepare_demo_data(config, str(tmp_path / 'run'))
   assert config.data.dataset == str(tmp_path / 'run' / 'data')
   assert sorted(os.listdir(tmp_path / 'run' / 'data' / 'train')) == list(synthetic.CLASSES)
 

@@ -46,18 +46,19 @@ def _equal(a, b):
 def test_export_loads_like_the_workdir_and_evaluates_to_the_runs_last_top1(
     ema_run, dataset, tmp_path, capsys):
   workdir, config, metrics = ema_run
-  assert _export(workdir, tmp_path / 'newest') == 0
-  assert 'exported step 6' in capsys.readouterr().out
+  assert _export(workdir, tmp_path / 'newest', '--last') == 0
+  assert 'exported the newest checkpoint (step 6, raw weights)' in capsys.readouterr().out
   model, variables, record = sequencer_jax.load_pretrained(str(tmp_path / 'newest'))
   assert model.arch == loop.build_model(config).arch and record.name is None
   assert record.class_names == CLASSES and record.data_config.input_size == 16
   assert record.provenance == {'exported_from': workdir, 'step': 6, 'checkpoint': 'newest',
                                'weights': 'raw'}
   _equal(variables['params'], restore_params(workdir, config, 6))
-  # The workdir itself is a source (its best checkpoint), identical to exporting --best.
-  assert _export(workdir, tmp_path / 'best', '--best') == 0
-  _equal(sequencer_jax.load_pretrained(str(tmp_path / 'best')).variables,
-         sequencer_jax.load_pretrained(workdir).variables)
+  # With no flag, export takes the run's model as the workdir as a source does: the best.
+  assert _export(workdir, tmp_path / 'best') == 0
+  best = sequencer_jax.load_pretrained(str(tmp_path / 'best'))
+  assert best.record.provenance['checkpoint'] == 'best'
+  _equal(best.variables, sequencer_jax.load_pretrained(workdir).variables)
   # eval_only from the export reproduces the run's last evaluation exactly.
   evaluated = loop.train_and_evaluate(
       tiny_config(dataset, eval_only=True, init_from=str(tmp_path / 'newest')),
@@ -84,7 +85,7 @@ def test_ema_weights_are_evaluated_and_exported(ema_run, tmp_path):
   raw = restore_params(workdir, config, 4)
   assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(variables['params']),
                                                       jax.tree.leaves(raw)))
-  assert _export(workdir, tmp_path / 'best_ema', '--best', '--ema') == 0
+  assert _export(workdir, tmp_path / 'best_ema', '--ema') == 0
   _equal(sequencer_jax.load_pretrained(str(tmp_path / 'best_ema')).variables,
          sequencer_jax.load_pretrained(workdir, ema=True).variables)
 

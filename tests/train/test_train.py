@@ -23,7 +23,7 @@ from sequencer_jax.models import DataConfig, abstract_params
 from sequencer_jax.train import config as train_config
 from sequencer_jax.train import loop
 from sequencer_jax.train import step as train_step
-from sequencer_jax.train.checkpoints import CheckpointError
+from sequencer_jax.errors import CheckpointError
 
 
 @pytest.fixture(scope='module')

@@ -22,9 +22,10 @@ from jax.sharding import PartitionSpec as P
 
 from sequencer_jax.data.device_augment import DeviceAugment
 from sequencer_jax.models import Sequencer
-from sequencer_jax.train.sharding import fsdp_spec, global_batch, make_mesh, param_shardings
+from sequencer_jax.sharding import fsdp_spec, global_batch, make_mesh, param_shardings
 from sequencer_jax.train.state import TrainState, create_train_state
-from sequencer_jax.train.step import make_eval_step, make_train_step, soft_target_cross_entropy
+from sequencer_jax.evaluation import metrics, runner
+from sequencer_jax.train.step import make_train_step, soft_target_cross_entropy
 
 # Parameters of two runs that should agree up to float32 rounding: per leaf, the largest
 # difference relative to the leaf's largest magnitude. Measured: 2.0e-7 for 8 devices vs 1
@@ -40,7 +41,7 @@ ACCUM = 4
 def worker_process(tmp_path_factory: pytest.TempPathFactory) -> Any:
   """Starts the device-count runs in a subprocess."""
   directory = tmp_path_factory.mktemp('train_step_worker')
-  # LLVM's -O0 cuts the compile time by a third; the runs compared all use it.
+  # LLVM's -O0 shortens the compiles; the runs compared all use it.
   flags = (f'--xla_force_host_platform_device_count={worker.NUM_DEVICES} '
            '--xla_backend_optimization_level=0')
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': flags}
@@ -121,7 +122,9 @@ class _Linear(nn.Module):
     return nn.Dense(self.num_classes)(images.reshape(images.shape[0], -1))
 
 
-def test_eval_step_sums_over_valid_examples():
+def test_the_predict_step_gives_training_its_loss_over_valid_examples():
+  """Training's `accuracy` evaluations: the evaluate command's predict step with each image's
+  loss, summed by the metric over the unmasked images only."""
   batch_size, num_classes = 64, 10
   rng = np.random.default_rng(0)
   kernel = rng.standard_normal((4 * 4 * 3, num_classes)).astype(np.float32)
@@ -131,20 +134,26 @@ def test_eval_step_sums_over_valid_examples():
   images[~mask] = np.nan  # Padding must not leak into the sums, even as NaN.
   labels = np.where(mask, rng.integers(0, num_classes, batch_size), 0).astype(np.int32)
   mesh = make_mesh()
-  eval_step = make_eval_step(_Linear(num_classes), mesh=mesh,
-                             params_sharding=param_shardings(params, mesh, fsdp=False))
-  got = eval_step(params, global_batch({'image': images, 'label': labels, 'mask': mask}, mesh))
+  step = runner.make_predict_step(_Linear(num_classes), mesh=mesh, with_loss=True,
+                                  params_sharding=param_shardings(params, mesh, fsdp=False))
+  batch = {'image': images, 'label': labels, 'mask': mask,
+           'index': np.arange(batch_size, dtype=np.int32)}
+  out = jax.device_get(step(params, global_batch(batch, mesh)))
+  metric = metrics.TopK()
+  keep = out['mask']
+  metric.update(out['top5'][keep], out['label'][keep], out['index'][keep], out['loss'][keep])
+  got = metric.result()
 
   logits = images[mask].reshape(mask.sum(), -1).astype(np.float64) @ kernel
   logits += params['Dense_0']['bias']
   log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   valid = labels[mask]
   ranks = np.sum(logits > logits[np.arange(len(valid)), valid][:, None], axis=-1)
-  np.testing.assert_allclose(got['loss'], -log_probs[np.arange(len(valid)), valid].sum(),
+  np.testing.assert_allclose(got['loss'], -log_probs[np.arange(len(valid)), valid].mean(),
                              rtol=1e-6)
-  assert int(got['top1']) == np.sum(ranks == 0) > 0
-  assert int(got['top5']) == np.sum(ranks < 5) > int(got['top1'])
-  assert int(got['count']) == mask.sum() < batch_size
+  assert got['top1'] == np.mean(ranks == 0) > 0
+  assert got['top5'] == np.mean(ranks < 5) > got['top1']
+  assert got['images'] == mask.sum() < batch_size
 
 
 def test_create_train_state_initialises_on_the_mesh():
