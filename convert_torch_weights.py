@@ -3,10 +3,11 @@
   python convert_torch_weights.py SRC DST [--model NAME] [--num-classes N] [--check]
   python convert_torch_weights.py --to-torch SRC DST.safetensors [--layout timm|original]
 
-The command itself is `sequencer_jax.commands.convert` (also installed as `sequencer-convert`).
+The command itself is `sequencer_jax/convert.py` (also `python -m sequencer_jax.convert`, and installed
+as `sequencer-convert`).
 """
 
-from sequencer_jax.commands.convert import run
+from sequencer_jax.convert import run
 
 if __name__ == '__main__':
   run()

@@ -21,15 +21,14 @@ class ConfigError(ValueError):
   """A config whose values cannot be used; the message names the field."""
 
 
-def build_model(config: ml_collections.ConfigDict, *, train: bool = True) -> Sequencer:
-  """The model of `config.model` (registered name plus architecture overrides); without `train`
-  its drop rates are zero."""
+def build_model(config: ml_collections.ConfigDict) -> Sequencer:
+  """The model of `config.model` (registered name plus architecture overrides). Its drop rates
+  apply only when it is called with `train=True`; otherwise it is deterministic."""
   m = config.model
   try:
-    return create_model(m.name, m.num_classes, drop_rate=m.drop_rate if train else 0.0,
-                        drop_path_rate=m.drop_path_rate if train else 0.0,
-                        rnn_impl=m.rnn_impl, dtype=dtype_named(m.dtype), remat=m.remat,
-                        **m.arch.to_dict())
+    return create_model(m.name, m.num_classes, drop_rate=m.drop_rate,
+                        drop_path_rate=m.drop_path_rate, rnn_impl=m.rnn_impl,
+                        dtype=dtype_named(m.dtype), remat=m.remat, **m.arch.to_dict())
   except (KeyError, ValueError) as e:
     raise ConfigError(f'config.model: {e.args[0]}') from None
 

@@ -324,7 +324,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   _check_batch_sizes(config, mesh)
   if config.eval_only and not config.init_from:
     raise ConfigError(f'eval_only needs init_from: {pretrained.SOURCES}')
-  model = build_model(config)  # Deterministic when called without train=True.
+  model = build_model(config)  # Deterministic unless called with train=True.
   evaluations = Evaluations(config, model, mesh)
   if config.eval_only:
     return _evaluate_only(config, model, mesh, evaluations, workdir)

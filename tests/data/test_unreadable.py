@@ -15,7 +15,7 @@ import tensorflow as tf
 from PIL import Image
 
 import sequencer_jax
-from sequencer_jax.commands import predict as predict_command
+from sequencer_jax import predict as predict_command
 from sequencer_jax.data import pipeline, sources, transforms, unreadable
 from sequencer_jax.models import DataConfig, SequencerArch
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import sequencer_jax
-from sequencer_jax.commands import erf as erf_command
+from sequencer_jax import erf as erf_command
 from sequencer_jax.evaluation import erf
 from sequencer_jax.models import DataConfig, SequencerArch
 

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import sequencer_jax
-from sequencer_jax.commands import evaluate as evaluate_command
+from sequencer_jax import evaluate as evaluate_command
 from sequencer_jax.evaluation import metrics, runner
 from sequencer_jax.inference import Classifier
 from sequencer_jax.labels import imagenet1k_wnids, imagenet_real_labels, subset_wnids

@@ -16,7 +16,7 @@ from PIL import Image
 
 import sequencer_jax
 from sequencer_jax import inference
-from sequencer_jax.commands import predict as predict_command
+from sequencer_jax import predict as predict_command
 from sequencer_jax.models import DataConfig, SequencerArch
 
 CLASSES = ('cat', 'dog', 'fish')

@@ -19,7 +19,7 @@ from snapshot import snapshot
 from tiny_run import tiny_config
 
 from configs import demo
-from sequencer_jax.commands import train as train_command
+from sequencer_jax.train import __main__ as train_command
 from sequencer_jax.data import synthetic
 from sequencer_jax.train import loop, start
 from sequencer_jax.train import overrides

@@ -13,9 +13,9 @@ import torch
 from safetensors.numpy import load_file
 
 import sequencer_jax
-from sequencer_jax.commands import convert as convert_command
-from sequencer_jax.commands import export as export_command
-from sequencer_jax.commands import predict as predict_command
+from sequencer_jax import convert as convert_command
+from sequencer_jax import export as export_command
+from sequencer_jax import predict as predict_command
 from sequencer_jax.train import loop
 from snapshot import snapshot
 from tiny_run import restore_params, tiny_config

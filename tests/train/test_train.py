@@ -180,7 +180,7 @@ def test_eval_only_reproduces_validate(dataset, tmp_path):
   config.model.arch = type(config.model.arch)()
   metrics = loop.train_and_evaluate(config, str(tmp_path / 'eval'))
   assert metrics['images'] == 18 and metrics['skipped'] == 0
-  model = train_config.build_model(config, train=False)
+  model = train_config.build_model(config)
   from sequencer_jax.data import pipeline, sources
   correct = 0
   for batch in pipeline.eval_batches(sources.open_source(dataset, 'val'), batch_size=8,
@@ -199,10 +199,10 @@ def test_named_evaluations_with_an_imagenet_suite(dataset, tmp_path, capsys):
   import ml_collections
   from PIL import Image
 
-  from sequencer_jax.commands import evaluate as evaluate_command
+  from sequencer_jax import evaluate as evaluate_command
   from sequencer_jax.labels import imagenet1k_wnids
   config = tiny_config(dataset, **{'model.num_classes': 1000, 'eval_only': True})
-  model = train_config.build_model(config, train=False)
+  model = train_config.build_model(config)
   params = jax.tree.map(lambda s: 0.3 * np.random.default_rng(3).standard_normal(s.shape)
                         .astype(np.float32), abstract_params(model))
   record = ModelRecord(model.arch, 1000, None, DataConfig(16, config.data.crop_pct))

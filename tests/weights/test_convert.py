@@ -18,7 +18,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 import sequencer_jax
-from sequencer_jax.commands import convert as convert_command
+from sequencer_jax import convert as convert_command
 from sequencer_jax.weights import model_format
 from sequencer_jax.weights import torch_keys as convert
 from sequencer_jax.labels import imagenet1k_names

@@ -79,3 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 def run() -> None:
   """The console script's entry point."""
   sys.exit(main())
+
+
+if __name__ == '__main__':
+  run()

@@ -1,4 +1,5 @@
-"""The training command: `python main.py --config=configs/sequencer2d_s.py --workdir=DIR`.
+"""The training command: `python main.py --config=configs/sequencer2d_s.py --workdir=DIR`, or
+`python -m sequencer_jax.train` with the same flags.
 
 Any config field can be overridden with `--config.field=value` (e.g. `--config.global_batch_size
 =1024`). On several hosts, run the same command on every host; TPU pods, SLURM and Open MPI are
@@ -97,3 +98,7 @@ def run() -> None:
   """The console script's entry point."""
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,1 +1,0 @@
-"""The command-line programs: training (main.py) and weight conversion (convert_torch_weights.py)."""
