@@ -1,31 +1,35 @@
-"""Fused recurrences: all directions of a token mixer in one input projection and one scan.
+"""Fused recurrences: both directions of one bidirectional RNN in one projection and one scan.
 
-* 'fused': the directions share one input-projection matmul, and directions with equal sequence
-  lengths (all four on square feature maps) run in one `lax.scan` with batched weights.
-* 'fused_vjp': 'fused' with a hand-written LSTM backward pass whose reverse loop carries only the
-  recurrent gradient; the weight gradients are single matmuls after it.
+* `fused_rnn` ('fused'): one input-projection matmul for both directions, then one `lax.scan`
+  with the recurrent weights batched over the direction axis; backward by autodiff.
+* `fused_rnn_vjp` ('fused_vjp'): `fused_rnn` with a hand-written LSTM backward pass whose reverse
+  loop carries only the recurrent gradient; the weight gradients are single matmuls after it.
 
-Both take the parameters of the reference `Recurrence` modules and give the same results up to
-float rounding (tests/models/test_rnn_impls.py).
+Both are pure functions with the signature of `rnn_impls.RNNImpl`: the input, the sequence axis and
+the stacked parameters of the forward and (when there) reverse direction. They give the reference
+`Recurrence`'s results up to float rounding (tests/models/test_rnn_impls.py).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
 from sequencer_jax.models.layers import Dtype
-from sequencer_jax.models.recurrent import (Carry, CellType, Recurrence, cell_update, lstm_gates,
+from sequencer_jax.models.recurrent import (Carry, CellType, RNNWeights, cell_update, lstm_gates,
                                             matmul_f32, zero_carry)
 
+# gx (k, T, N, G*h) time-major, kernel_hh (k, h, G*h), bias_hh (k, G*h) -> hs (k, T, N, h), float32;
+# every direction runs forwards in time from a zero state.
+TimeLoop = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
-def _scan_stacked(cell: CellType, gx: jax.Array, kernel_hh: jax.Array, bias_hh: jax.Array,
+def _scan_stacked(gx: jax.Array, kernel_hh: jax.Array, bias_hh: jax.Array, cell: CellType,
                   dtype: Dtype, unroll: int) -> jax.Array:
-  """k directions in one scan: gx (k, T, N, G*h) time-major -> hidden states (k, T, N, h)."""
+  """k directions in one scan, a `TimeLoop`."""
   k, _, n, _ = gx.shape
   bias = bias_hh.astype(jnp.float32)[:, None]
 
@@ -43,7 +47,7 @@ def _scan_stacked(cell: CellType, gx: jax.Array, kernel_hh: jax.Array, bias_hh: 
 def _lstm_scan_vjp(gx: jax.Array, kernel_hh: jax.Array, bias_hh: jax.Array, dtype: Dtype,
                    unroll: int) -> jax.Array:
   """`_scan_stacked` for the LSTM, with the backward pass below."""
-  return _scan_stacked('lstm', gx, kernel_hh, bias_hh, dtype, unroll)
+  return _scan_stacked(gx, kernel_hh, bias_hh, 'lstm', dtype, unroll)
 
 
 def _lstm_scan_fwd(gx: jax.Array, kernel_hh: jax.Array, bias_hh: jax.Array, dtype: Dtype,
@@ -97,42 +101,39 @@ def _lstm_scan_bwd(dtype: Dtype, unroll: int, residuals: tuple[jax.Array, ...],
 _lstm_scan_vjp.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
 
 
-def fused_directions(x: jax.Array, directions: Sequence[tuple[Recurrence, int]],
-                     impl: str) -> list[jax.Array]:
-  """Runs every (direction, axis) over x: one input projection, one scan per sequence shape.
+def _reverse_in_time(seqs: jax.Array) -> jax.Array:
+  """(k, T, ...) with the reverse direction (index 1, when k = 2) flipped along T."""
+  return seqs if len(seqs) == 1 else jnp.stack([seqs[0], seqs[1, ::-1]])
 
-  Cell, dtype and unrolling are the directions' own (they share them).
 
-  Returns each direction's hidden states laid out like x (the sequence axis in place).
-  """
-  first = directions[0][0]
-  cell, dtype, hidden, unroll = first.cell, first.dtype, first.hidden_size, first.unroll
-  if impl == 'fused_vjp' and cell != 'lstm':
+def _over_directions(loop: TimeLoop, x: jax.Array, axis: int, weights: RNNWeights,
+                     dtype: Dtype) -> jax.Array:
+  """One input projection for all k directions, `loop` over their time-major sequences, and the
+  hidden states laid out like x with [forward, reverse] channels."""
+  k, input_size, width = weights.kernel_ih.shape
+  axis = axis % x.ndim
+  kernel_ih = jnp.swapaxes(weights.kernel_ih, 0, 1).reshape(input_size, k * width)
+  gx = matmul_f32(x, kernel_ih, dtype) + weights.bias_ih.reshape(-1).astype(jnp.float32)
+  gx = jnp.moveaxis(gx, axis, 0)
+  layout = gx.shape[:-1]  # (T, the other axes of x).
+  gx = gx.reshape(layout[0], -1, k, width).transpose(2, 0, 1, 3)  # (k, T, N, G*h)
+  hs = _reverse_in_time(loop(_reverse_in_time(gx), weights.kernel_hh, weights.bias_hh))
+  hs = hs.transpose(1, 2, 0, 3).reshape(layout + (-1,))  # (T, ..., k*h)
+  return jnp.moveaxis(hs, 0, axis).astype(dtype)
+
+
+def fused_rnn(x: jax.Array, axis: int, weights: RNNWeights, *, cell: CellType, dtype: Dtype,
+              unroll: int) -> jax.Array:
+  """rnn_impl 'fused': the directions in one projection and one scan, backward by autodiff."""
+  loop = lambda gx, kernel_hh, bias_hh: _scan_stacked(gx, kernel_hh, bias_hh, cell, dtype, unroll)
+  return _over_directions(loop, x, axis, weights, dtype)
+
+
+def fused_rnn_vjp(x: jax.Array, axis: int, weights: RNNWeights, *, cell: CellType, dtype: Dtype,
+                  unroll: int) -> jax.Array:
+  """rnn_impl 'fused_vjp': `fused_rnn` with the hand-written LSTM backward pass."""
+  if cell != 'lstm':
     raise ValueError(f"rnn_impl 'fused_vjp' implements the LSTM only, not {cell!r}; "
                      f"use 'fused' or 'per_direction'")
-  kernel_ih = jnp.concatenate([d.kernel_ih for d, _ in directions], axis=1)
-  bias_ih = jnp.concatenate([d.bias_ih for d, _ in directions])
-  gx_all = matmul_f32(x, kernel_ih, dtype) + bias_ih.astype(jnp.float32)
-  sequences = []
-  for (d, axis), gx in zip(directions, jnp.split(gx_all, len(directions), axis=-1)):
-    gx = jnp.moveaxis(gx, axis % x.ndim, 0)
-    layout = gx.shape[:-1]
-    gx = gx.reshape(layout[0], -1, gx.shape[-1])
-    sequences.append((gx[::-1] if d.reverse else gx, layout))
-  outputs: list[jax.Array | None] = [None] * len(directions)
-  groups: dict[tuple[int, int], list[int]] = {}
-  for j, (gx, _) in enumerate(sequences):
-    groups.setdefault(gx.shape[:2], []).append(j)
-  for members in groups.values():
-    gx = jnp.stack([sequences[j][0] for j in members])
-    kernel_hh = jnp.stack([directions[j][0].kernel_hh for j in members])
-    bias_hh = jnp.stack([directions[j][0].bias_hh for j in members])
-    if impl == 'fused_vjp':
-      hs = _lstm_scan_vjp(gx, kernel_hh, bias_hh, dtype, unroll)
-    else:
-      hs = _scan_stacked(cell, gx, kernel_hh, bias_hh, dtype, unroll)
-    for h, j in zip(hs, members):
-      d, axis = directions[j]
-      h = (h[::-1] if d.reverse else h).reshape(sequences[j][1] + (hidden,))
-      outputs[j] = jnp.moveaxis(h, 0, axis % x.ndim).astype(dtype)
-  return outputs
+  loop = lambda gx, kernel_hh, bias_hh: _lstm_scan_vjp(gx, kernel_hh, bias_hh, dtype, unroll)
+  return _over_directions(loop, x, axis, weights, dtype)

@@ -1,4 +1,4 @@
-"""The reference recurrences: PyTorch-compatible LSTM, GRU and tanh-RNN layers along one axis.
+"""The reference recurrence: one direction of a PyTorch-compatible LSTM, GRU or tanh-RNN layer.
 
 Each direction keeps PyTorch's four tensors, transposed to Flax's (in, out) convention, with the
 gate blocks in PyTorch's order (LSTM i,f,g,o; GRU r,z,n):
@@ -6,16 +6,15 @@ gate blocks in PyTorch's order (LSTM i,f,g,o; GRU r,z,n):
   kernel_ih (input, G*hidden)   kernel_hh (hidden, G*hidden)   bias_ih (G*hidden)   bias_hh (G*hidden)
 
 The input projection x @ kernel_ih + bias_ih is computed for all time steps at once, outside the
-recurrence, and the carry and gate arithmetic are float32 whatever the compute dtype. Each
-direction is its own `nn.scan` over its axis; `fused.py` runs the same parameters faster, and
-`rnn_impls.py` chooses between them.
+recurrence, and the carry and gate arithmetic are float32 whatever the compute dtype. `Recurrence`
+is its own `nn.scan` over its axis; `rnn_impls.BidirectionalRNN` pairs two of them and chooses
+between that and the fused implementations of `fused.py`.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -26,6 +25,15 @@ from sequencer_jax.models.layers import Dtype, uniform_symmetric
 CellType = Literal['lstm', 'gru', 'rnn']
 GATES: dict[str, int] = {'lstm': 4, 'gru': 3, 'rnn': 1}
 Carry = tuple[jax.Array, ...]
+
+
+class RNNWeights(NamedTuple):
+  """The four tensors of one direction, or of k directions stacked on a leading axis."""
+
+  kernel_ih: jax.Array  # (input, G*hidden), stacked (k, input, G*hidden)
+  kernel_hh: jax.Array  # (hidden, G*hidden), stacked (k, hidden, G*hidden)
+  bias_ih: jax.Array  # (G*hidden,), stacked (k, G*hidden)
+  bias_hh: jax.Array  # (G*hidden,), stacked (k, G*hidden)
 
 
 def matmul_f32(x: jax.Array, kernel: jax.Array, dtype: Dtype) -> jax.Array:
@@ -94,6 +102,10 @@ class Recurrence(nn.Module):
     self.bias_ih = self.param('bias_ih', init, (width,), self.param_dtype)
     self.bias_hh = self.param('bias_hh', init, (width,), self.param_dtype)
 
+  def weights(self) -> RNNWeights:
+    """This direction's parameters, for an implementation that runs the recurrence itself."""
+    return RNNWeights(self.kernel_ih, self.kernel_hh, self.bias_ih, self.bias_hh)
+
   def _step(self, carry: Carry, gx: jax.Array) -> tuple[Carry, jax.Array]:
     gh = matmul_f32(carry[-1], self.kernel_hh, self.dtype) + self.bias_hh.astype(jnp.float32)
     return cell_update(self.cell, carry, gx, gh)
@@ -107,29 +119,4 @@ class Recurrence(nn.Module):
         in_axes=axis, out_axes=axis, reverse=self.reverse, unroll=self.unroll)
     _, hs = scan(self, carry, gx)
     return hs.astype(self.dtype)
-
-
-class BidirectionalRNN(nn.Module):
-  """PyTorch `nn.RNN/LSTM/GRU(bidirectional=...)` along one axis: output [forward, reverse]."""
-
-  input_size: int
-  hidden_size: int
-  cell: CellType = 'lstm'
-  bidirectional: bool = True
-  unroll: int = 1
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  def setup(self) -> None:
-    make = functools.partial(Recurrence, self.input_size, self.hidden_size, self.cell,
-                             unroll=self.unroll, dtype=self.dtype, param_dtype=self.param_dtype)
-    self.forward = make(reverse=False)
-    if self.bidirectional:
-      self.reverse = make(reverse=True)
-
-  def directions(self) -> list[Recurrence]:
-    return [self.forward, self.reverse] if self.bidirectional else [self.forward]
-
-  def __call__(self, x: jax.Array, axis: int) -> jax.Array:
-    return jnp.concatenate([d(x, axis) for d in self.directions()], axis=-1)
 

@@ -1,22 +1,42 @@
-"""The one seam between the model and the recurrence implementations: `run_rnns`.
+"""The bidirectional RNN layer and the implementations of its recurrence it chooses between.
 
-`rnn_impl` names what runs the token mixer's recurrences; all give the same results up to float
-rounding, from the same parameters:
+`rnn_impl` names what runs a `BidirectionalRNN`; all give the same results up to float rounding,
+from the same parameters:
 
-* 'per_direction': each direction is its own `nn.scan` (`recurrent.py`, the reference);
-* 'fused', 'fused_vjp': all directions in one projection and one scan (`fused.py`);
+* 'per_direction': each direction is its own `Recurrence` module, one `nn.scan` each (the
+  reference, `recurrent.py`);
+* 'fused', 'fused_vjp': both directions in one input projection and one scan (`fused.py`);
 * 'auto': `default_rnn_impl`.
 """
 
 from __future__ import annotations
 
+import functools
+from typing import Protocol
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sequencer_jax.models.fused import fused_directions
-from sequencer_jax.models.recurrent import BidirectionalRNN, CellType
+from sequencer_jax.models.fused import fused_rnn, fused_rnn_vjp
+from sequencer_jax.models.layers import Dtype
+from sequencer_jax.models.recurrent import CellType, Recurrence, RNNWeights
 
-RNN_IMPLS = ('per_direction', 'fused', 'fused_vjp')
+
+class RNNImpl(Protocol):
+  """A recurrence implementation that is a pure function of the input and the parameters.
+
+  `weights` stacks the forward direction's tensors and, for a bidirectional RNN, the reverse
+  one's (k = 1 or 2). Returns x's layout with the last axis k * hidden in `dtype`: the forward
+  and then the reverse hidden states, each sequence along `axis` starting from a zero state.
+  """
+
+  def __call__(self, x: jax.Array, axis: int, weights: RNNWeights, *, cell: CellType,
+               dtype: Dtype, unroll: int) -> jax.Array: ...
+
+
+FUSED_IMPLS: dict[str, RNNImpl] = {'fused': fused_rnn, 'fused_vjp': fused_rnn_vjp}
+RNN_IMPLS: tuple[str, ...] = ('per_direction', *FUSED_IMPLS)
 
 
 def default_rnn_impl(cell: CellType) -> str:
@@ -27,15 +47,43 @@ def default_rnn_impl(cell: CellType) -> str:
   return 'fused_vjp' if cell == 'lstm' else 'fused'
 
 
-def run_rnns(x: jax.Array, rnns: list[tuple[BidirectionalRNN, int]],
-             impl: str) -> list[jax.Array]:
-  """Each bidirectional RNN over its axis of x: its output, [forward, reverse] channels."""
+def resolve_rnn_impl(impl: str, cell: CellType) -> str:
+  """The implementation `impl` names, 'auto' resolved; an unknown name is a ValueError."""
   if impl == 'auto':
-    impl = default_rnn_impl(rnns[0][0].cell)
+    return default_rnn_impl(cell)
   if impl not in RNN_IMPLS:
     raise ValueError(f'unknown rnn_impl {impl!r}; expected "auto" or one of {list(RNN_IMPLS)}')
-  if impl == 'per_direction':
-    return [rnn(x, axis) for rnn, axis in rnns]
-  directions = [(d, axis) for rnn, axis in rnns for d in rnn.directions()]
-  hs = iter(fused_directions(x, directions, impl))
-  return [jnp.concatenate([next(hs) for _ in rnn.directions()], axis=-1) for rnn, _ in rnns]
+  return impl
+
+
+class BidirectionalRNN(nn.Module):
+  """PyTorch `nn.RNN/LSTM/GRU(bidirectional=...)` along one axis: output [forward, reverse].
+
+  The parameters are those of the `forward` and `reverse` `Recurrence` submodules whatever `impl`
+  runs them, so every implementation reads the same checkpoint.
+  """
+
+  input_size: int
+  hidden_size: int
+  cell: CellType = 'lstm'
+  bidirectional: bool = True
+  impl: str = 'auto'
+  unroll: int = 1
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def setup(self) -> None:
+    make = functools.partial(Recurrence, self.input_size, self.hidden_size, self.cell,
+                             unroll=self.unroll, dtype=self.dtype, param_dtype=self.param_dtype)
+    self.forward = make(reverse=False)
+    if self.bidirectional:
+      self.reverse = make(reverse=True)
+
+  def __call__(self, x: jax.Array, axis: int) -> jax.Array:
+    directions = [self.forward, self.reverse] if self.bidirectional else [self.forward]
+    impl = resolve_rnn_impl(self.impl, self.cell)
+    if impl == 'per_direction':
+      return jnp.concatenate([d(x, axis) for d in directions], axis=-1)
+    weights = jax.tree.map(lambda *ws: jnp.stack(ws), *[d.weights() for d in directions])
+    return FUSED_IMPLS[impl](x, axis, weights, cell=self.cell, dtype=self.dtype,
+                             unroll=self.unroll)

@@ -8,6 +8,7 @@ table.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from typing import Any, Literal
 
@@ -19,8 +20,8 @@ import numpy as np
 
 from sequencer_jax.models.layers import (DropPath, Dtype, Mlp, layer_norm, timm_lecun_normal,
                                          trunc_normal_abs, xavier_uniform, zeros)
-from sequencer_jax.models.recurrent import GATES, BidirectionalRNN, CellType
-from sequencer_jax.models.rnn_impls import run_rnns
+from sequencer_jax.models.recurrent import GATES, CellType
+from sequencer_jax.models.rnn_impls import BidirectionalRNN
 
 UnionMode = Literal['cat', 'add', 'vertical', 'horizontal']
 UNIONS: tuple[str, ...] = typing.get_args(UnionMode)
@@ -89,15 +90,28 @@ class _TokenMixer(nn.Module):
 
   def rnn(self, input_size: int, name: str) -> BidirectionalRNN:
     """A bidirectional (or forward-only) RNN with these settings, as submodule `name`."""
-    return BidirectionalRNN(input_size, self.hidden_size, self.cell, self.bidirectional,
-                            self.rnn_unroll, self.dtype, self.param_dtype, name=name)
+    return BidirectionalRNN(
+        input_size, self.hidden_size, cell=self.cell, bidirectional=self.bidirectional,
+        impl=self.rnn_impl, unroll=self.rnn_unroll, dtype=self.dtype,
+        param_dtype=self.param_dtype, name=name)
+
+
+def _unite(union: UnionMode, v: jax.Array | None, h: jax.Array | None) -> jax.Array:
+  """The vertical and the horizontal branch outputs united (either is None where `union` drops
+  its branch)."""
+  if union == 'cat':
+    return jnp.concatenate([v, h], axis=-1)
+  if union == 'add':
+    return v + h
+  return v if union == 'vertical' else h
 
 
 class RNN2D(_TokenMixer):
-  """The BiLSTM2D token mixer (the paper's Figure 2, timm's `RNN2DBase`).
+  """The BiLSTM2D token mixer (the paper's Figure 2, timm's `RNN2DBase`), on layer-normed tokens.
 
-  A vertical BiLSTM runs down every column and a horizontal BiLSTM along every row; their
-  outputs are concatenated ('cat'; or added, or one branch alone) and mixed by a linear layer.
+  A vertical BiLSTM runs down every column (over H) and a horizontal BiLSTM along every row (over
+  W); their outputs are concatenated ('cat'; or added, or one branch alone) and mixed back to the
+  input width by a linear layer (`with_fc`).
   """
 
   union: UnionMode = 'cat'
@@ -106,13 +120,12 @@ class RNN2D(_TokenMixer):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     channels = x.shape[-1]
-    branches = []
+    v = h = None
     if self.union != 'horizontal':
-      branches.append((self.rnn(channels, 'rnn_v'), VERTICAL))
+      v = self.rnn(channels, 'rnn_v')(x, axis=VERTICAL)
     if self.union != 'vertical':
-      branches.append((self.rnn(channels, 'rnn_h'), HORIZONTAL))
-    outputs = run_rnns(x, branches, self.rnn_impl)  # Each [forward, reverse].
-    y = outputs[0] + outputs[1] if self.union == 'add' else jnp.concatenate(outputs, axis=-1)
+      h = self.rnn(channels, 'rnn_h')(x, axis=HORIZONTAL)
+    y = _unite(self.union, v, h)
     if self.with_fc:
       y = nn.Dense(channels, dtype=self.dtype, param_dtype=self.param_dtype, name='fc',
                    kernel_init=xavier_uniform(), bias_init=zeros)(y)
@@ -125,7 +138,7 @@ class RNN1D(_TokenMixer):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     tokens = einops.rearrange(x, 'b h w c -> b (h w) c')
-    (y,) = run_rnns(tokens, [(self.rnn(x.shape[-1], 'rnn'), 1)], self.rnn_impl)
+    y = self.rnn(x.shape[-1], 'rnn')(tokens, axis=1)
     return einops.rearrange(y, 'b (h w) c -> b h w c', h=x.shape[1])
 
 
@@ -175,8 +188,8 @@ class Sequencer(nn.Module):
 
   arch: SequencerArch
   num_classes: int = 1000
-  drop_rate: float = 0.0  # MLP dropout (both repos' `drop_rate`).
-  head_drop_rate: float = 0.0  # Dropout before the head (timm only; the original has none).
+  drop_rate: float = 0.0  # MLP dropout (the original's `drop_rate`; timm 1.0's `proj_drop_rate`).
+  head_drop_rate: float = 0.0  # Dropout before the head (timm 1.0's `drop_rate`; original: none).
   drop_path_rate: float = 0.0
   rnn_impl: str = 'auto'
   rnn_unroll: int = 1
@@ -206,17 +219,17 @@ class Sequencer(nn.Module):
                        self.param_dtype)
       x = x + pos.astype(self.dtype)
     features['stem'] = x
-    rates = a.drop_path_rates(self.drop_path_rate)
-    block = nn.remat(SequencerBlock, static_argnums=(2,)) if self.remat else SequencerBlock
-    k = 0
+    block = functools.partial(
+        nn.remat(SequencerBlock, static_argnums=(2,)) if self.remat else SequencerBlock,
+        arch=a, drop_rate=self.drop_rate, rnn_impl=self.rnn_impl, rnn_unroll=self.rnn_unroll,
+        dtype=self.dtype, param_dtype=self.param_dtype)
+    rates = iter(a.drop_path_rates(self.drop_path_rate))
     for i, depth in enumerate(a.layers):
       if i > 0:
         x = conv(a.embed_dims[i], a.patch_sizes[i], f'stages_{i}_downsample')(x)
       for j in range(depth):
-        x = block(a, a.hidden_sizes[i], rates[k], self.drop_rate, self.rnn_impl,
-                  self.rnn_unroll, self.dtype, self.param_dtype,
+        x = block(hidden_size=a.hidden_sizes[i], drop_path=next(rates),
                   name=f'stages_{i}_blocks_{j}')(x, train)
-        k += 1
       features[f'stage{i}'] = x
     x = layer_norm('norm', self.dtype, self.param_dtype)(x)
     x = jnp.mean(x, axis=(1, 2))

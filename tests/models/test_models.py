@@ -14,7 +14,8 @@ import pytest
 import sequencer_jax
 from sequencer_jax import create_model
 from sequencer_jax.models import SequencerArch, abstract_params
-from sequencer_jax.models.recurrent import BidirectionalRNN, Recurrence
+from sequencer_jax.models.recurrent import Recurrence
+from sequencer_jax.models.rnn_impls import BidirectionalRNN
 
 # Spec 1.6: (parameters, tensors) of every original variant, read off the original classes.
 EXPECTED_COUNTS = {

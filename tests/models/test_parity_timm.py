@@ -96,7 +96,7 @@ def test_round_trip_and_export_loads_into_timm_strictly():
 @pytest.mark.parametrize('impl', ['fused', 'fused_vjp'])
 @pytest.mark.slow  # Quick: each equals the reference (test_rnn_impls), which equals timm.
 def test_fast_implementations_match_timm(impl):
-  """The fused recurrences, fully unrolled, on a non-square input (two scan groups)."""
+  """The fused recurrences, fully unrolled, on a non-square input."""
   x = np.random.RandomState(5).randn(2, 250, 200, 3).astype(np.float32)
   ref_logits, _ = _timm_forward(_timm_model('sequencer2d_s'), x)
   _, params, _ = _flax('sequencer2d_s')

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 import sequencer_jax
-from sequencer_jax.models.rnn_impls import RNN_IMPLS, default_rnn_impl
+from sequencer_jax.models.recurrent import RNNWeights
+from sequencer_jax.models.rnn_impls import (FUSED_IMPLS, RNN_IMPLS, BidirectionalRNN,
+                                            default_rnn_impl)
 from sequencer_jax.models.sequencer import RNN1D, RNN2D, SequencerArch
 
 FAST_IMPLS = [impl for impl in RNN_IMPLS if impl != 'per_direction']
@@ -72,6 +74,20 @@ def test_vanilla_mixer_implementations_agree():
   want = _value_and_grads(reference, variables, x)
   for impl in FAST_IMPLS:
     _close(_value_and_grads(RNN1D(4, rnn_impl=impl), variables, x), want, impl)
+
+
+@pytest.mark.parametrize('bidirectional', [True, False])
+def test_pure_implementations_take_the_stacked_parameters(bidirectional):
+  """The `RNNImpl` seam: each pure implementation, given the stacked [forward, reverse] tensors
+  as arrays, equals the reference `BidirectionalRNN` along a middle axis."""
+  x = jax.random.normal(jax.random.key(0), (2, 5, 3, 8))
+  reference = BidirectionalRNN(8, 4, bidirectional=bidirectional, impl='per_direction')
+  variables = reference.init(jax.random.key(1), x, 1)
+  directions = [variables['params'][d] for d in (['forward', 'reverse'][:1 + bidirectional])]
+  weights = RNNWeights(*(jnp.stack([d[f] for d in directions]) for f in RNNWeights._fields))
+  want = reference.apply(variables, x, 1)
+  for name, impl in FUSED_IMPLS.items():
+    _close(impl(x, 1, weights, cell='lstm', dtype=jnp.float32, unroll=2), want, name)
 
 
 def test_whole_model_gradients_agree_across_implementations():
