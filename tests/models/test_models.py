@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from sequencer_jax import create_model
 from sequencer_jax.models import SequencerArch, abstract_params
 from sequencer_jax.models.recurrent import Recurrence
 from sequencer_jax.models.rnn_impls import BidirectionalRNN
+from random_params import random_variables
 
 # Spec 1.6: (parameters, tensors) of every original variant, read off the original classes.
 EXPECTED_COUNTS = {
@@ -39,16 +42,21 @@ EXPECTED_COUNTS = {
     'v_sequencer_s_pe': (33_114_856, 301),
 }
 
-TINY = SequencerArch(layers=(2, 1), patch_sizes=(4, 2), embed_dims=(16, 32), hidden_sizes=(4, 8))
+# Two stages (a downsampling) of one block each: a model's compile time grows with its blocks.
+TINY = SequencerArch(layers=(1, 1), patch_sizes=(4, 2), embed_dims=(16, 32), hidden_sizes=(4, 8))
 
 
 def test_every_registered_model_is_counted():
   assert sorted(sequencer_jax.list_models()) == sorted(EXPECTED_COUNTS)
 
 
+# Tracing a registered model takes seconds; each _392 model equals its 224 one, traced once.
+_abstract_params = functools.cache(abstract_params)
+
+
 @pytest.mark.parametrize('name', sorted(EXPECTED_COUNTS))
 def test_parameter_counts_match_the_original_code(name):
-  leaves = jax.tree.leaves(abstract_params(sequencer_jax.create_model(name)))
+  leaves = jax.tree.leaves(_abstract_params(sequencer_jax.create_model(name)))
   assert (sum(x.size for x in leaves), len(leaves)) == EXPECTED_COUNTS[name]
 
 
@@ -73,30 +81,29 @@ def test_drop_path_schedule_is_linear_over_all_blocks():
   rates = sequencer_jax.model_info('sequencer2d_s').arch.drop_path_rates(0.1)
   assert len(rates) == 18
   np.testing.assert_allclose(rates, [0.1 * k / 17 for k in range(18)], rtol=0, atol=1e-12)
-  assert TINY.drop_path_rates(0.3) == pytest.approx([0.0, 0.15, 0.3])
+  three_blocks = dataclasses.replace(TINY, layers=(2, 1))
+  assert three_blocks.drop_path_rates(0.3) == pytest.approx([0.0, 0.15, 0.3])
 
 
-def _init(model, size=(32, 32), seed=0):
-  return jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, *size, 3)))
+def _variables(model, size=(32, 32)):
+  """Random variables of `model`'s shapes (a nonzero head too), without compiling its init."""
+  return random_variables(model, np.zeros((1, *size, 3), np.float32))
+
+
+def _normal(shape):
+  """N(0, 1) inputs from NumPy (an eager `jax.random.normal` compiles a kernel per shape)."""
+  return np.random.default_rng(1).standard_normal(shape).astype(np.float32)
 
 
 def _jit_apply(model):
   return jax.jit(model.apply, static_argnames=('train', 'return_intermediates'))
 
 
-def _perturbed(variables, seed=0, scale=0.1):
-  """Adds noise to every tensor, so that the zero-initialised head does not hide the body."""
-  leaves, tree = jax.tree.flatten(variables)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  return jax.tree.unflatten(
-      tree, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
-
-
 def test_initialisation_follows_the_reference():
   """Spec 3: zero head, xavier linears, N(0,1e-6) MLP biases, timm lecun-normal convs, U(+-1/sqrt(h)) RNNs."""
   arch = SequencerArch(layers=(1,), patch_sizes=(7,), embed_dims=(384,), hidden_sizes=(96,))
   model = sequencer_jax.Sequencer(arch, num_classes=10)
-  params = _init(model, (14, 14))['params']
+  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 14, 14, 3)))['params']
   block = params['stages_0_blocks_0']
   assert not np.any(params['head']['kernel']) and not np.any(params['head']['bias'])
   np.testing.assert_array_equal(block['norm1']['scale'], 1.0)
@@ -117,7 +124,7 @@ def test_initialisation_follows_the_reference():
 
 def test_any_input_size_floors_like_pytorch():
   model = sequencer_jax.Sequencer(TINY, num_classes=5)
-  variables = _init(model)
+  variables = _variables(model)
   logits, feats = _jit_apply(model)(variables, jnp.ones((2, 37, 45, 3)),
                                     return_intermediates=True)
   assert logits.shape == (2, 5)
@@ -129,7 +136,7 @@ def test_any_input_size_floors_like_pytorch():
 
 def test_num_classes_zero_returns_pre_logits():
   model = sequencer_jax.Sequencer(TINY, num_classes=0)
-  variables = _init(model)
+  variables = _variables(model)
   assert 'head' not in variables['params']
   assert _jit_apply(model)(variables, jnp.ones((3, 32, 32, 3))).shape == (3, 32)
 
@@ -138,7 +145,7 @@ def test_positional_embedding_needs_its_input_size():
   arch = SequencerArch(layers=(1,), patch_sizes=(4,), embed_dims=(8,), hidden_sizes=(4,),
                        with_fc=False, vanilla=True, pos_embed_size=4)
   model = sequencer_jax.Sequencer(arch, num_classes=3)
-  variables = _init(model, (16, 16))
+  variables = _variables(model, (16, 16))
   assert variables['params']['absolute_pos_embed'].shape == (1, 4, 4, 8)
   with pytest.raises(ValueError, match='fixed 4x4 positional embedding and needs 16x16'):
     model.apply(variables, jnp.ones((1, 20, 20, 3)))
@@ -152,8 +159,8 @@ def test_bad_image_shape_is_a_clear_error():
 
 def test_train_mode_applies_drop_path_and_eval_mode_is_deterministic():
   model = sequencer_jax.Sequencer(TINY, num_classes=4, drop_path_rate=0.5)
-  variables = _perturbed(_init(model))
-  x = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
+  variables = _variables(model)
+  x = _normal((8, 32, 32, 3))
   apply = _jit_apply(model)
   eval_a, eval_b = apply(variables, x), apply(variables, x)
   np.testing.assert_array_equal(eval_a, eval_b)
@@ -168,10 +175,9 @@ def test_train_mode_applies_drop_path_and_eval_mode_is_deterministic():
 
 def test_bf16_compute_keeps_f32_params_and_f32_recurrence():
   model = sequencer_jax.Sequencer(TINY, num_classes=4, dtype=jnp.bfloat16)
-  variables = _init(model)
+  variables = _variables(model)
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
-  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
-  variables = _perturbed(variables)
+  x = _normal((2, 32, 32, 3))
   out = _jit_apply(model)(variables, x)
   assert out.dtype == jnp.bfloat16
   ref = _jit_apply(sequencer_jax.Sequencer(TINY, num_classes=4))(variables, x)
@@ -179,7 +185,7 @@ def test_bf16_compute_keeps_f32_params_and_f32_recurrence():
   # Inside the recurrence the carry is float32 even with bf16 compute.
   rec = Recurrence(16, 4, dtype=jnp.bfloat16)
   seq = jnp.ones((2, 5, 16), jnp.bfloat16)
-  rv = rec.init(jax.random.key(0), seq, 1)
+  rv = random_variables(rec, seq, 1)
   jaxpr = jax.make_jaxpr(lambda v: rec.apply(v, seq, 1))(rv)
   scans = [e for e in jaxpr.eqns if e.primitive.name == 'scan']
   assert scans and all(v.aval.dtype == jnp.float32 for v in scans[0].outvars[:2])
@@ -188,15 +194,17 @@ def test_bf16_compute_keeps_f32_params_and_f32_recurrence():
 @pytest.mark.parametrize('cell', ['lstm', 'gru', 'rnn'])
 def test_reverse_direction_equals_forward_on_flipped_input(cell):
   rnn = BidirectionalRNN(5, 6, cell)
-  x = jax.random.normal(jax.random.key(0), (3, 7, 5))
-  variables = rnn.init(jax.random.key(1), x, 1)
-  p = variables['params']
-  out = rnn.apply(variables, x, 1)
+  x = _normal((3, 7, 5))
   fwd_only = Recurrence(5, 6, cell)
-  rev_as_fwd = fwd_only.apply({'params': p['reverse']}, x[:, ::-1], 1)[:, ::-1]
+
+  @jax.jit  # One compilation for all, rather than one per eager op.
+  def outputs(p, x):
+    return (rnn.apply({'params': p}, x, 1), fwd_only.apply({'params': p['forward']}, x, 1),
+            fwd_only.apply({'params': p['reverse']}, x[:, ::-1], 1)[:, ::-1])
+
+  out, fwd, rev_as_fwd = outputs(random_variables(rnn, x, 1)['params'], x)
   np.testing.assert_allclose(out[..., 6:], rev_as_fwd, rtol=0, atol=1e-6)
-  np.testing.assert_allclose(out[..., :6], fwd_only.apply({'params': p['forward']}, x, 1),
-                             rtol=0, atol=1e-6)
+  np.testing.assert_allclose(out[..., :6], fwd, rtol=0, atol=1e-6)
 
 
 def _imports_in_a_fresh_process(code: str) -> str:
@@ -237,9 +245,7 @@ def test_remat_gives_the_same_gradients_and_overrides_are_checked():
   model = create_model('sequencer2d_s', 10, layers=(2,), patch_sizes=(4,), embed_dims=(16,),
                        hidden_sizes=(4,), drop_path_rate=0.1)
   x = jnp.linspace(-1, 1, 2 * 8 * 8 * 3).reshape(2, 8, 8, 3)
-  rng = np.random.default_rng(0)
-  params = {'params': jax.tree.map(lambda s: 0.3 * rng.standard_normal(s.shape).astype(np.float32),
-                                   abstract_params(model))}
+  params = random_variables(model, x)
 
   def grads(m):
     loss = lambda p: m.apply(p, x, train=True, rngs={'dropout': jax.random.key(3)}).sum()
