@@ -242,9 +242,18 @@ class Sequencer(nn.Module):
 
 
 def abstract_params(model: Sequencer) -> Any:
-  """The parameter shapes and dtypes of `model`, traced without computing anything."""
-  a = model.arch
-  size = (16 if a.pos_embed_size is None else a.pos_embed_size) * a.patch_sizes[0]
+  """The parameter shapes and dtypes of `model`, traced without computing anything.
+
+  They depend only on the architecture, the class count and the parameter dtype, so each such
+  triple is traced once per process (a trace of Sequencer2D-S takes seconds).
+  """
+  return _abstract_params(model.arch, model.num_classes, jnp.dtype(model.param_dtype))
+
+
+@functools.lru_cache(maxsize=32)
+def _abstract_params(arch: SequencerArch, num_classes: int, param_dtype: jnp.dtype) -> Any:
+  model = Sequencer(arch, num_classes, param_dtype=param_dtype)
+  size = (16 if arch.pos_embed_size is None else arch.pos_embed_size) * arch.patch_sizes[0]
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
   return shapes['params']
 

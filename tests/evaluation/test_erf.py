@@ -3,6 +3,7 @@ axis, numerically; and the command writes its picture and maps, overwriting noth
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -19,6 +20,7 @@ from sequencer_jax.models import DataConfig, SequencerArch
 PATCH = 4
 
 
+@functools.cache  # One eager `init` per union for the module.
 def _model(union):
   arch = SequencerArch(layers=(1,), patch_sizes=(PATCH,), embed_dims=(16,), hidden_sizes=(8,),
                        union=union, with_fc=union == 'cat')
@@ -39,7 +41,7 @@ def _bands(erf_map):
 @pytest.mark.parametrize('union', ['vertical', 'horizontal'])
 def test_one_direction_sees_along_its_own_axis(union):
   model, variables = _model(union)
-  images = np.random.default_rng(0).standard_normal((3, 64, 64, 3)).astype(np.float32)
+  images = np.random.default_rng(0).standard_normal((4, 64, 64, 3)).astype(np.float32)
   (erf_map,) = erf.effective_receptive_fields(model, variables, [images[:2], images[2:]],
                                               [0]).values()
   column, row, total = _bands(erf_map)

@@ -9,7 +9,6 @@ import os
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -21,6 +20,7 @@ from sequencer_jax.inference import Classifier
 from sequencer_jax.labels import imagenet1k_wnids, imagenet_real_labels, subset_wnids
 from sequencer_jax.models import DataConfig, SequencerArch
 from sequencer_jax import sharding
+from random_params import random_variables
 
 ARCH = SequencerArch(layers=(1, 1), patch_sizes=(4, 2), embed_dims=(16, 32), hidden_sizes=(4, 8))
 WNIDS = imagenet1k_wnids()
@@ -53,8 +53,7 @@ def test_the_predict_step_restricts_to_the_subset():
 @pytest.fixture(scope='module')
 def model_dir(tmp_path_factory):
   model = sequencer_jax.Sequencer(ARCH, num_classes=1000)
-  params = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))['params']
-  params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.key(2), p.shape), params)
+  params = random_variables(model, np.zeros((1, 16, 16, 3), np.float32), scale=1.0)['params']
   path = str(tmp_path_factory.mktemp('model') / 'm')
   sequencer_jax.save_model(path, sequencer_jax.ModelRecord(ARCH, 1000, None, DataConfig(16, 1.0)),
                            params)
@@ -174,7 +173,7 @@ def test_bad_evaluations_get_one_line(model_dir, tmp_path, capsys):
     assert status == 1 and out == '' and len(err.splitlines()) == 1, err
     assert message in err, err
   small = sequencer_jax.Sequencer(ARCH, num_classes=3)
-  params = small.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))['params']
+  params = random_variables(small, np.zeros((1, 16, 16, 3), np.float32))['params']
   sequencer_jax.save_model(str(tmp_path / 'three'), sequencer_jax.ModelRecord(ARCH, 3), params)
   status, _, err = _evaluate(capsys, '--model', tmp_path / 'three', '--eval',
                              f'imagenet={tmp_path / "a"}')

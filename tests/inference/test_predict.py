@@ -18,17 +18,17 @@ import sequencer_jax
 from sequencer_jax import inference
 from sequencer_jax import predict as predict_command
 from sequencer_jax.models import DataConfig, SequencerArch
+from random_params import random_variables
 
 CLASSES = ('cat', 'dog', 'fish')
-ARCH = SequencerArch(layers=(1, 1), patch_sizes=(4, 2), embed_dims=(16, 32), hidden_sizes=(4, 8))
+ARCH = SequencerArch(layers=(1,), patch_sizes=(4,), embed_dims=(16,), hidden_sizes=(4,))
 CONFIG = DataConfig(32, 0.9, 'bilinear', (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
 
 @pytest.fixture(scope='module')
 def model_dir(tmp_path_factory):
   model = sequencer_jax.Sequencer(ARCH, num_classes=3)
-  params = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))['params']
-  params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(1), p.shape), params)
+  params = random_variables(model, np.zeros((1, 32, 32, 3), np.float32))['params']
   path = str(tmp_path_factory.mktemp('model') / 'small')
   sequencer_jax.save_model(path, sequencer_jax.ModelRecord(ARCH, 3, CLASSES, CONFIG), params)
   return path
@@ -37,6 +37,12 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope='module')
 def classifier(model_dir):
   return inference.Classifier.from_source(model_dir, batch_size=4)
+
+
+@pytest.fixture(scope='module')
+def reference_forward(classifier):
+  """The model's forward on one image at a time, jitted once for the module."""
+  return jax.jit(classifier.model.apply)
 
 
 def _photo(h=45, w=60, seed=0) -> Image.Image:
@@ -66,13 +72,14 @@ def _run(capsys, *argv):
   return status, out, err
 
 
-def _expected_probabilities(classifier, path):
+def _expected_probabilities(classifier, forward, path):
   """The model on the tested eval transform (tests/data) of PIL's decoding, one image at a time."""
   x = classifier.preprocess(Image.open(path))[None]
-  return np.asarray(jax.nn.softmax(classifier.model.apply(classifier.variables, x)))[0]
+  return np.asarray(jax.nn.softmax(forward(classifier.variables, x)))[0]
 
 
-def test_a_folder_of_every_format_is_predicted_as_json(model_dir, classifier, tmp_path, capsys):
+def test_a_folder_of_every_format_is_predicted_as_json(model_dir, classifier, reference_forward,
+                                                       tmp_path, capsys):
   paths = _write_images(tmp_path / 'images')
   status, out, _ = _run(capsys, '--model', model_dir, tmp_path / 'images', '--format', 'json',
                         '--topk', 2, '--batch-size', 3)
@@ -84,7 +91,7 @@ def test_a_folder_of_every_format_is_predicted_as_json(model_dir, classifier, tm
     for item in entry['topk']:
       assert set(item) == {'index', 'label', 'probability'}
       assert item['label'] == CLASSES[item['index']]
-    expected = _expected_probabilities(classifier, entry['path'])
+    expected = _expected_probabilities(classifier, reference_forward, entry['path'])
     top = np.argsort(-expected)[:2]
     assert [i['index'] for i in entry['topk']] == top.tolist()
     np.testing.assert_allclose([i['probability'] for i in entry['topk']], expected[top],

@@ -50,6 +50,20 @@ def _run(*argv):
   return convert_command.main([str(a) for a in argv])
 
 
+@pytest.fixture(scope='module')
+def timm_pth(state_dict, tmp_path_factory):
+  """The state_dict saved as timm's .pth, once for the module (read, never changed)."""
+  return _torch_save(_as_torch(state_dict), tmp_path_factory.mktemp('timm') / 'w.pth')
+
+
+@pytest.fixture(scope='module')
+def converted(timm_pth, tmp_path_factory):
+  """The model directory the command converts `timm_pth` to, once for the module."""
+  dst = tmp_path_factory.mktemp('converted') / 'ours'
+  assert _run(timm_pth, dst) == 0
+  return dst
+
+
 def _tree_equal(a, b):
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
@@ -88,9 +102,8 @@ def test_converts_every_checkpoint_form(tmp_path, state_dict, expected_params, f
 
 @pytest.mark.slow  # --check runs both models at 224: the parity itself is tests/models.
 def test_num_classes_replaces_the_head_and_check_reports_the_difference(
-    tmp_path, state_dict, expected_params, capsys):
-  src = _torch_save(_as_torch(state_dict), tmp_path / 'w.pth')
-  assert _run(src, tmp_path / 'ten', '--num-classes', 10, '--check') == 0
+    tmp_path, timm_pth, expected_params, capsys):
+  assert _run(timm_pth, tmp_path / 'ten', '--num-classes', 10, '--check') == 0
   out = capsys.readouterr().out
   diff = float(out.split('max |difference| = ')[1].split()[0])
   assert diff <= 1e-4, out
@@ -100,7 +113,7 @@ def test_num_classes_replaces_the_head_and_check_reports_the_difference(
   assert not np.any(params['head']['kernel']) and not np.any(params['head']['bias'])
   _tree_equal({k: v for k, v in params.items() if k != 'head'},
               {k: v for k, v in expected_params.items() if k != 'head'})
-  assert _run(src, tmp_path / 'headless', '--num-classes', 0) == 0
+  assert _run(timm_pth, tmp_path / 'headless', '--num-classes', 0) == 0
   model, variables, _ = sequencer_jax.load_pretrained(str(tmp_path / 'headless'))
   assert model.num_classes == 0 and 'head' not in variables['params']
 
@@ -115,20 +128,17 @@ def test_check_with_the_full_head(tmp_path, state_dict, capsys):
 
 
 @pytest.mark.parametrize('layout', ['timm', 'original'])
-def test_export_round_trip(tmp_path, state_dict, expected_params, layout):
-  src = _torch_save(_as_torch(state_dict), tmp_path / 'w.pth')
-  assert _run(src, tmp_path / 'ours') == 0
+def test_export_round_trip(tmp_path, state_dict, expected_params, converted, layout):
   exported = tmp_path / 'back.safetensors'
-  assert _run('--to-torch', tmp_path / 'ours', exported, '--layout', layout) == 0
+  assert _run('--to-torch', converted, exported, '--layout', layout) == 0
   back = load_file(str(exported))
   expected = state_dict if layout == 'timm' else convert.timm_to_original(state_dict, (4, 3, 8, 3))
   assert sorted(back) == sorted(expected)
   for key, value in expected.items():
     np.testing.assert_array_equal(back[key], value, err_msg=key)
-  # And the export converts back to the same Flax parameters.
-  assert _run(exported, tmp_path / 'again') == 0
-  _tree_equal(sequencer_jax.load_pretrained(str(tmp_path / 'again'))[1]['params'],
-              expected_params)
+  # And the export converts back to the same Flax parameters (in memory: writing them to a model
+  # directory and reading it back is test_converts_every_checkpoint_form's).
+  _tree_equal(sequencer_jax.load_pretrained(str(exported))[1]['params'], expected_params)
 
 
 def _digest(path):
@@ -148,9 +158,9 @@ class _RunsCode:
     return (open, (self.marker, 'w'))
 
 
-def _bad_sources(tmp_path, state_dict):
-  """(description, path, expected message) for every kind of bad input."""
-  good = _torch_save(_as_torch(state_dict), tmp_path / 'good.pth')
+def _bad_sources(tmp_path, state_dict, good):
+  """(description, path, expected message) for every kind of bad input; `good` is a .pth of
+  `state_dict`."""
   with open(good, 'rb') as f:
     data = f.read()
   truncated = tmp_path / 'truncated.pth'
@@ -185,8 +195,8 @@ def _bad_sources(tmp_path, state_dict):
   ]
 
 
-def test_bad_inputs_are_refused_and_nothing_is_written(tmp_path, state_dict, capsys):
-  marker, cases = _bad_sources(tmp_path, state_dict)
+def test_bad_inputs_are_refused_and_nothing_is_written(tmp_path, state_dict, timm_pth, capsys):
+  marker, cases = _bad_sources(tmp_path, state_dict, timm_pth)
   for what, src, message in cases:
     before = _digest(src) if os.path.exists(src) else None
     dst = tmp_path / f'out-{what.replace(" ", "_")}'
@@ -199,30 +209,27 @@ def test_bad_inputs_are_refused_and_nothing_is_written(tmp_path, state_dict, cap
   assert not marker.exists()  # No pickled code ever ran.
 
 
-def test_wrong_model_name_and_existing_destination(tmp_path, state_dict, capsys):
-  src = _torch_save(_as_torch(state_dict), tmp_path / 'w.pth')
-  assert _run(src, tmp_path / 'as_m', '--model', 'sequencer2d_m') == 1
+def test_wrong_model_name_and_existing_destination(tmp_path, timm_pth, converted, capsys):
+  assert _run(timm_pth, tmp_path / 'as_m', '--model', 'sequencer2d_m') == 1
   assert 'the checkpoint holds sequencer2d_s (read from its keys and shapes), not sequencer2d_m' \
       in capsys.readouterr().err
   assert not (tmp_path / 'as_m').exists()
   existing = tmp_path / 'existing'
   existing.mkdir()
   (existing / 'keep.txt').write_text('mine')
-  assert _run(src, existing) == 1
+  assert _run(timm_pth, existing) == 1
   assert 'already exists; refusing to overwrite it' in capsys.readouterr().err
   assert os.listdir(existing) == ['keep.txt'] and (existing / 'keep.txt').read_text() == 'mine'
-  assert _run(src, tmp_path / 'ours') == 0
   (tmp_path / 'taken.safetensors').write_bytes(b'mine')
-  assert _run('--to-torch', tmp_path / 'ours', tmp_path / 'taken.safetensors') == 1
+  assert _run('--to-torch', converted, tmp_path / 'taken.safetensors') == 1
   assert (tmp_path / 'taken.safetensors').read_bytes() == b'mine'
-  assert _run('--to-torch', tmp_path / 'ours', tmp_path / 'out.pth') == 1
+  assert _run('--to-torch', converted, tmp_path / 'out.pth') == 1
   assert 'name the file *.safetensors' in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_a_damaged_model_directory_is_named(tmp_path, state_dict):
-  src = _torch_save(_as_torch(state_dict), tmp_path / 'timm.pth')
-  assert _run(src, tmp_path / 'ours') == 0
+def test_a_damaged_model_directory_is_named(tmp_path, timm_pth):
+  assert _run(timm_pth, tmp_path / 'ours') == 0
   chunk = max((p for p in (tmp_path / 'ours' / 'params').rglob('*') if p.is_file()),
               key=lambda p: p.stat().st_size)  # The tensor data.
   chunk.write_bytes(chunk.read_bytes()[:chunk.stat().st_size // 2])
@@ -281,12 +288,10 @@ def test_a_model_directory_of_another_format_version_is_refused(tmp_path, monkey
     sequencer_jax.load_pretrained(str(tmp_path / 'v99'))
 
 
-def test_a_format_version_1_directory_still_loads(tmp_path):
+def test_a_format_version_1_directory_still_loads(tmp_path, expected_params):
   """Version 1 (earlier releases of the converter) recorded a registered name and a class count."""
   import orbax.checkpoint as ocp
-  full = sequencer_jax.create_model('sequencer2d_s', num_classes=0)
-  params = jax.tree.map(lambda s: np.full(s.shape, 0.5, s.dtype),
-                        model_format.abstract_params(full))
+  params = {k: v for k, v in expected_params.items() if k != 'head'}  # Sequencer2D-S, no head.
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
     ckptr.save(str(tmp_path / 'v1'), args=ocp.args.Composite(
         params=ocp.args.StandardSave(params), model=ocp.args.JsonSave(

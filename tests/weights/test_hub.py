@@ -33,18 +33,20 @@ def cache(tmp_path, monkeypatch):
   return str(tmp_path / 'hub')
 
 
-def _weights(timm_model, tmp_path) -> bytes:
-  path = str(tmp_path / 'w.safetensors')
+@pytest.fixture(scope='module')
+def weights(timm_model, tmp_path_factory) -> bytes:
+  """timm_model's state_dict as the bytes of a model.safetensors, once for the module."""
+  path = str(tmp_path_factory.mktemp('weights') / 'w.safetensors')
   save_file(state_dict_numpy(timm_model), path)
   with open(path, 'rb') as f:
     return f.read()
 
 
-def test_the_hub_path_gives_timms_logits(timm_model, cache, tmp_path):
+def test_the_hub_path_gives_timms_logits(timm_model, weights, cache):
   config = {'architecture': 'sequencer2d_s', 'num_classes': 1000, 'pretrained_cfg': {
       'input_size': [3, 224, 224], 'interpolation': 'bicubic', 'crop_pct': 0.875,
       'mean': [0.485, 0.456, 0.406], 'std': [0.229, 0.224, 0.225], 'num_classes': 1000}}
-  write_hub_cache(cache, REPO, {'model.safetensors': _weights(timm_model, tmp_path),
+  write_hub_cache(cache, REPO, {'model.safetensors': weights,
                                 'config.json': json.dumps(config).encode()})
   model, variables, record = sequencer_jax.load_pretrained(f'hf-hub:{REPO}')
   assert record.name == 'sequencer2d_s' and record.class_names == imagenet1k_names()
@@ -80,8 +82,8 @@ def test_hub_config_labels_and_data_config_are_used(timm_model, cache, tmp_path)
           record.data_config.interpolation) == (256, 1.0, 'bilinear')
 
 
-def test_without_config_json_the_registry_defaults_apply(timm_model, cache, tmp_path):
-  write_hub_cache(cache, REPO, {'model.safetensors': _weights(timm_model, tmp_path)})
+def test_without_config_json_the_registry_defaults_apply(weights, cache):
+  write_hub_cache(cache, REPO, {'model.safetensors': weights})
   _, _, record = sequencer_jax.load_pretrained(f'hf-hub:{REPO}')
   assert record.data_config == sequencer_jax.model_info('sequencer2d_s').data_config
   assert record.class_names == imagenet1k_names()
