@@ -17,7 +17,7 @@ from sequencer_jax import sharding
 from sequencer_jax.train import overrides
 from sequencer_jax.train.checkpoints import TrainCheckpoints
 from sequencer_jax.train.config import build_model, build_optimizer, run_record
-from sequencer_jax.train.state import create_train_state
+from sequencer_jax.train.state import abstract_train_state
 
 
 def write_dataset(root: str) -> str:
@@ -50,10 +50,10 @@ def restore_params(workdir: str, config: ml_collections.ConfigDict, step: int) -
   """The parameters of checkpoint `step` of the tiny run in `workdir`, on the host."""
   model = build_model(config)
   optimizer, _ = build_optimizer(config, steps_per_epoch=3)
-  state, _ = create_train_state(model, optimizer, image_size=16, seed=0,
-                                mesh=sharding.make_mesh(), ema=config.ema_decay is not None)
+  target = abstract_train_state(model, optimizer, image_size=16, mesh=sharding.make_mesh(),
+                                ema=config.ema_decay is not None)  # Shapes: no init compiled.
   checkpoints = TrainCheckpoints(workdir, run_record(config), keep=10)
   try:
-    return jax.device_get(checkpoints.restore(state, step).params)
+    return jax.device_get(checkpoints.restore(target, step).params)
   finally:
     checkpoints.close()

@@ -14,10 +14,11 @@ from typing import Any
 import jax
 import numpy as np
 import optax
+from random_params import random_variables
 
 from sequencer_jax.data.device_augment import DeviceAugment
 from sequencer_jax.data.mixup import MixupConfig
-from sequencer_jax.models import Sequencer, SequencerArch, abstract_params
+from sequencer_jax.models import Sequencer, SequencerArch
 from sequencer_jax.sharding import global_batch, make_mesh
 from sequencer_jax.train.state import create_train_state
 from sequencer_jax.train.step import make_train_step
@@ -40,9 +41,8 @@ def by_path(tree: dict) -> dict[str, Any]:
 
 def random_params(model: Sequencer, seed: int) -> dict:
   """Random parameters of `model`'s shapes (every weight nonzero), without compiling its init."""
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda s: (0.3 * rng.standard_normal(s.shape)).astype(s.dtype),
-                      abstract_params(model))
+  images = np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32)
+  return random_variables(model, images, seed=seed)['params']
 
 
 def batches(seed: int) -> list[dict[str, np.ndarray]]:

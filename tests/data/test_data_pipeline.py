@@ -15,6 +15,7 @@ import io
 import math
 import random
 
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -27,6 +28,8 @@ from timm.data import transforms as timm_transforms
 from sequencer_jax.data import folder, pil_resize, pipeline, sources, transforms
 from sequencer_jax.errors import DatasetError
 from sequencer_jax.models import DataConfig
+
+_resize_crops = jax.jit(pil_resize.resize_crops, static_argnums=3)  # The step's resize.
 
 
 def _image(h, w, seed=0):
@@ -60,6 +63,13 @@ def _window(h, w, seed):
   return transforms.random_resized_crop_window(h, w, seed)
 
 
+@tf.function
+def _windows(h, w, seeds):
+  """`_window` of each of `seeds` [n, 2], in one call of the graph."""
+  return tf.map_fn(lambda seed: transforms.random_resized_crop_window(h, w, seed), seeds,
+                   fn_output_signature=tf.int32)
+
+
 def _stats(windows, h, w):
   windows = np.asarray(windows, np.float64)
   top, left, ch, cw = windows.T
@@ -74,7 +84,8 @@ def test_random_resized_crop_window_matches_timm_in_distribution(h, w, monkeypat
   crop = timm_transforms.RandomResizedCropAndInterpolation(224)
   theirs = [crop.get_params(Image.new('RGB', (w, h)), crop.scale, crop.ratio)
             for _ in range(4000)]
-  ours = [_window(h, w, _seed(i)).numpy() for i in range(4000)]
+  seeds = tf.constant([[7, i] for i in range(4000)], tf.int64)  # _seed(i) for each i.
+  ours = _windows(h, w, seeds).numpy()
   assert all(0 <= t and 0 <= l and t + ch <= h and l + cw <= w for t, l, ch, cw in ours)
   np.testing.assert_allclose(_stats(ours, h, w), _stats(theirs, h, w), atol=0.02)
 
@@ -112,8 +123,8 @@ def test_fused_decode_matches_decode_then_crop():
   resized = []
   for examples in (fused, full):
     stack = lambda key: np.stack([e[key] for e in examples])
-    resized.append(np.asarray(pil_resize.resize_crops(stack('image'), stack('crop_size'),
-                                                      stack('bicubic'), 224)).astype(np.float32))
+    resized.append(np.asarray(_resize_crops(stack('image'), stack('crop_size'), stack('bicubic'),
+                                            224)).astype(np.float32))
     assert not stack('host_resized').any()  # A 512 canvas holds every crop of 500 x 375.
   for a, b in zip(fused, full):
     np.testing.assert_array_equal(a['crop_size'], b['crop_size'])
@@ -147,7 +158,7 @@ def test_a_crop_larger_than_the_canvas_is_resized_on_the_host():
   for e in resized:
     np.testing.assert_array_equal(e['crop_size'], [32, 32])
     assert not e['image'][32:].any() and not e['image'][:, 32:].any()
-    step = pil_resize.resize_crops(e['image'][None], e['crop_size'][None], e['bicubic'][None], 32)
+    step = _resize_crops(e['image'][None], e['crop_size'][None], e['bicubic'][None], 32)
     np.testing.assert_array_equal(np.asarray(step)[0], e['image'][:32, :32])
   assert all(max(e['crop_size']) <= 120 for e in kept)
   with pytest.raises(ValueError, match=r'the canvas \(16\) is smaller than the output size'):
@@ -156,7 +167,9 @@ def test_a_crop_larger_than_the_canvas_is_resized_on_the_host():
 
 def test_interpolation_is_a_fair_coin():
   encoded = _jpeg(_image(64, 80, seed=5))
-  bicubic = [_on_canvas(encoded, _seed(i), canvas=80, out=16)['bicubic'] for i in range(400)]
+  draw = tf.function(lambda seed: transforms.decode_crop_on_canvas(  # Traced once for 400 draws.
+      tf.constant(encoded), seed, 80, 16)['bicubic'], autograph=False)
+  bicubic = [draw(_seed(i)).numpy() for i in range(400)]
   assert abs(np.mean(bicubic) - 0.5) < 0.08
   fixed = _on_canvas(encoded, _seed(0), canvas=80, out=16, interpolation='bilinear')
   assert not fixed['bicubic']

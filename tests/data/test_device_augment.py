@@ -70,36 +70,50 @@ def test_normalisation_is_the_prefetchers():
   mean = torch.tensor([x * 255 for x in dev.IMAGENET_MEAN]).view(1, 3, 1, 1)
   std = torch.tensor([x * 255 for x in dev.IMAGENET_STD]).view(1, 3, 1, 1)
   want = torch.from_numpy(images).permute(0, 3, 1, 2).float().sub_(mean).div_(std)
-  got = dev.normalize(jnp.asarray(images))
+  got = jax.jit(dev.normalize)(images)
   np.testing.assert_allclose(np.asarray(got), want.permute(0, 2, 3, 1).numpy(), rtol=0,
                              atol=1e-6)
 
 
 def test_each_group_draws_its_own_lambda():
   config = MixupConfig(K)
-  images = jnp.asarray(np.random.default_rng(2).integers(0, 256, (8, H, W, 3), dtype=np.uint8))
-  labels = jnp.arange(8) % K
+  mix_groups = jax.jit(dev.mix_groups, static_argnames=('config', 'group_size'))
+  mix_one_group = jax.jit(mixup_cutmix, static_argnames='config')
+  images = np.random.default_rng(2).integers(0, 256, (8, H, W, 3), dtype=np.uint8)
+  labels = np.arange(8) % K
   key = jax.random.key(4)
-  mixed, targets = dev.mix_groups(images, labels, key, config, group_size=4)
+  mixed, targets = (np.asarray(a) for a in mix_groups(images, labels, key, config=config,
+                                                       group_size=4))
   for g, group_key in enumerate(jax.random.split(key, 2)):
-    want_x, want_y = mixup_cutmix(images[4 * g:4 * g + 4], labels[4 * g:4 * g + 4], group_key,
-                                  config)
+    want_x, want_y = mix_one_group(images[4 * g:4 * g + 4], labels[4 * g:4 * g + 4], group_key,
+                                   config=config)
     np.testing.assert_array_equal(mixed[4 * g:4 * g + 4], want_x)
     np.testing.assert_allclose(targets[4 * g:4 * g + 4], want_y, rtol=0, atol=1e-7)
   # Each image mixes with its mirror within its group, never across groups.
-  lams = np.asarray(targets)[np.arange(8), np.asarray(labels)]
+  lams = targets[np.arange(8), labels]
   assert not np.allclose(lams[:4], lams[4:])
-  whole, _ = dev.mix_groups(images, labels, key, config, group_size=256)  # One group of 8.
-  np.testing.assert_array_equal(whole, mixup_cutmix(images, labels, jax.random.split(key, 1)[0],
-                                                    config)[0])
+  # A batch smaller than a group is one group (of 4, the shape compiled above).
+  whole, _ = mix_groups(images[:4], labels[:4], key, config=config, group_size=256)
+  np.testing.assert_array_equal(whole, mix_one_group(images[:4], labels[:4],
+                                                     jax.random.split(key, 1)[0],
+                                                     config=config)[0])
   with pytest.raises(ValueError, match='batch of 8 does not split into groups of 3'):
     dev.mix_groups(images, labels, key, config, group_size=3)
 
 
-def _timm_erase(images_nchw, draws, reprob):
-  """timm's RandomErasing (pixel mode) on a batch, its Python draws replaced by ours."""
+@jax.jit  # One compilation for both probabilities.
+def _erase_with_draws(images, key, reprob):
+  """RandomErasing with fresh draws: the erased images, the draws (as a dict of their fields)
+  and each image's box."""
+  _, h, w, _ = images.shape
+  draws = dev.erasing_draws(key, images.shape)
+  return dev.erase(images, draws, reprob), vars(draws), dev.erasing_boxes(draws, h, w, reprob)
+
+
+def _timm_erase(images_nchw, draws, boxes, reprob):
+  """timm's RandomErasing (pixel mode) on a batch, its Python draws replaced by ours (`draws`,
+  placing each image's box at `boxes`)."""
   n, c, h, w = images_nchw.shape
-  boxes = np.asarray(dev.erasing_boxes(draws, h, w, reprob))
   calls = []
   for i in range(n):
     calls.append(('random', float(draws.apply[i])))
@@ -143,9 +157,9 @@ def _timm_erase(images_nchw, draws, reprob):
 @pytest.mark.parametrize('reprob', [0.25, 1.0])
 def test_random_erasing_equals_timm_on_the_same_draws(reprob):
   images = np.random.default_rng(6).standard_normal((64, 28, 36, 3)).astype(np.float32)
-  draws = dev.erasing_draws(jax.random.key(7), images.shape)
-  got = np.asarray(dev.erase(jnp.asarray(images), draws, reprob))
-  want = _timm_erase(torch.from_numpy(images).permute(0, 3, 1, 2), draws, reprob)
+  got, draws, boxes = jax.device_get(_erase_with_draws(images, jax.random.key(7), reprob))
+  want = _timm_erase(torch.from_numpy(images).permute(0, 3, 1, 2), dev.ErasingDraws(**draws),
+                     boxes, reprob)
   np.testing.assert_array_equal(got, want.permute(0, 2, 3, 1).numpy())
   erased = np.any(got != images, axis=(1, 2, 3))
   assert erased.mean() == (1.0 if reprob == 1.0 else pytest.approx(reprob, abs=0.15))
@@ -158,16 +172,20 @@ def test_the_step_order_transform_mix_normalise_erase():
            'bicubic': rng.random(B) < 0.5, 'label': rng.integers(0, K, B)}
   config = dev.DeviceAugment(num_classes=K, image_size=24, mixup=MixupConfig(K), group_size=3,
                              reprob=0.5)
-  key = jax.random.key(9)
-  got_x, got_y = dev.augment_batch(batch, key, config)
-  pil_key, mix_key, erase_key = jax.random.split(key, 3)
-  images = dev.pil_transform(batch['image'], batch['crop_size'], batch['bicubic'],
-                             dev.transform_draws(pil_key, B, config), config)
+
+  @jax.jit  # One compilation for the step's augmentation and its stages.
+  def step_and_stages(batch, key):
+    pil_key, mix_key, erase_key = jax.random.split(key, 3)
+    images = dev.pil_transform(batch['image'], batch['crop_size'], batch['bicubic'],
+                               dev.transform_draws(pil_key, B, config), config)
+    mixed, targets = dev.mix_groups(images, batch['label'], mix_key, config.mixup, 3)
+    erased = dev.erase(dev.normalize(mixed), dev.erasing_draws(erase_key, mixed.shape), 0.5)
+    return dev.augment_batch(batch, key, config), images, (erased, targets)
+
+  (got_x, got_y), images, (want_x, want_y) = step_and_stages(batch, jax.random.key(9))
   assert images.shape == (B, 24, 24, 3) and images.dtype == jnp.uint8
-  mixed, targets = dev.mix_groups(images, jnp.asarray(batch['label']), mix_key, config.mixup, 3)
-  want = dev.erase(dev.normalize(mixed), dev.erasing_draws(erase_key, mixed.shape), 0.5)
-  np.testing.assert_array_equal(got_x, want)
-  np.testing.assert_array_equal(got_y, targets)
+  np.testing.assert_array_equal(got_x, want_x)
+  np.testing.assert_array_equal(got_y, want_y)
   with pytest.raises(ValueError, match='disagrees with label_smoothing 0.2'):
     dev.DeviceAugment(num_classes=K, image_size=24, label_smoothing=0.2, mixup=MixupConfig(K))
   with pytest.raises(ValueError, match='hflip 1.5 must be in'):

@@ -12,6 +12,8 @@ resize at scale 1 is the identity).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -45,6 +47,7 @@ def _cases(sizes: np.ndarray, canvas: int, out: int, seed: int):
   return canvases, sizes.astype(np.int32), bicubic, flip, want
 
 
+@functools.cache  # One jitted function, compiled once per canvas shape, for each output size.
 def _resize(out: int):
   return jax.jit(lambda c, s, b, f: pil_resize.resize_crops(c, s, b, out, f))
 
@@ -91,8 +94,9 @@ def test_a_crop_of_the_output_size_is_unchanged(bicubic):
 def test_coefficients_are_pillows_fixed_point_rows():
   """Each output row's coefficients sum to about 2^22 and lie inside the crop."""
   sizes = np.array([1, 7, 64, 100, 160], np.int32)
+  coefficients = jax.jit(pil_resize.coefficients, static_argnums=(2, 3))  # As in the step.
   for bicubic in (False, True):
-    matrix = np.asarray(pil_resize.coefficients(sizes, np.full(5, bicubic), 64, 160))
+    matrix = np.asarray(coefficients(sizes, np.full(5, bicubic), 64, 160))
     assert matrix.shape == (5, 64, 160) and matrix.dtype == np.int32
     for n, rows in zip(sizes, matrix):
       assert not rows[:, n:].any()

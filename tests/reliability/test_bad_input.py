@@ -15,17 +15,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from random_params import random_variables
 from snapshot import snapshot
 from tiny_run import tiny_config
 
 from configs import demo
+from sequencer_jax import ModelRecord, save_model
 from sequencer_jax.train import __main__ as train_command
 from sequencer_jax.data import synthetic
 from sequencer_jax.train import loop, start
 from sequencer_jax.train import overrides
 from sequencer_jax.errors import CheckpointError, DatasetError
 from sequencer_jax.train.checkpoints import TrainCheckpoints, checksums
-from sequencer_jax.train.config import ConfigError, run_record
+from sequencer_jax.train.config import ConfigError, build_model, run_record
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -123,6 +125,15 @@ def _undecodable_folder(root: str) -> str:
   return root
 
 
+def _model_directory(path: str, config) -> str:
+  """A model directory at `path` of `config`'s model with random parameters."""
+  model = build_model(config)
+  size = config.data.image_size
+  params = random_variables(model, np.zeros((1, size, size, 3), np.float32))['params']
+  save_model(path, ModelRecord(model.arch, model.num_classes), params)
+  return path
+
+
 @pytest.mark.parametrize('case', ['missing', 'empty', 'unreadable'])
 def test_bad_datasets_are_named_and_the_workdir_is_left_as_it_was(case, tmp_path):
   dataset = str(tmp_path / 'images')
@@ -139,6 +150,10 @@ def test_bad_datasets_are_named_and_the_workdir_is_left_as_it_was(case, tmp_path
   (workdir / 'notes.txt').write_text('kept')
   before = snapshot(str(workdir))
   config = tiny_config(dataset, **{'model.num_classes': 2})
+  if case == 'unreadable':
+    # The run makes its state before the data runs out: from saved parameters, so that no
+    # initialiser is compiled.
+    config.init_from = _model_directory(str(tmp_path / 'init'), config)
   with pytest.raises(DatasetError, match=message):
     loop.train_and_evaluate(config, str(workdir))
   after = snapshot(str(workdir))

@@ -86,14 +86,12 @@ def test_train_resume_and_evaluate(dataset, whole_run, tmp_path, monkeypatch):
 
 
 def test_init_from_a_checkpoint_with_another_head_keeps_the_rest(tmp_path):
-  source = models.create_model('sequencer2d_s', 1000)
+  source = train_config.build_model(tiny_config('unused', **{'model.num_classes': 1000}))
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32),
                         abstract_params(source))
-  save_model(str(tmp_path / 'ckpt'), ModelRecord.registered('sequencer2d_s', 1000), params)
-  config = tiny_config('unused', **{'model.name': 'sequencer2d_s', 'model.num_classes': 10,
-                                'init_from': str(tmp_path / 'ckpt')})
-  config.model.arch = type(config.model.arch)()
+  save_model(str(tmp_path / 'ckpt'), ModelRecord(source.arch, 1000), params)
+  config = tiny_config('unused', **{'model.num_classes': 10, 'init_from': str(tmp_path / 'ckpt')})
   loaded = loop.init_params(config, train_config.build_model(config))
   flat, flat_loaded = (dict(jax.tree_util.tree_flatten_with_path(p)[0]) for p in (params,
                                                                                loaded))
@@ -106,7 +104,7 @@ def test_init_from_a_checkpoint_with_another_head_keeps_the_rest(tmp_path):
   with pytest.raises(loop.TrainingError, match='has 1000 classes but model.num_classes is 10; '
                                                 'set model.num_classes to 1000 to evaluate it'):
     loop.init_params(config, train_config.build_model(config), replace_head_ok=False)
-  config.model.name = 'sequencer2d_m'
+  config.model.arch.layers = (2, 1)
   with pytest.raises(loop.TrainingError, match='another architecture'):
     loop.init_params(config, train_config.build_model(config))
 
@@ -116,7 +114,7 @@ def test_init_from_a_checkpoint_with_another_head_keeps_the_rest(tmp_path):
   with open(biggest, 'r+b') as f:
     f.truncate(os.path.getsize(biggest) // 2)
   before = snapshot(str(tmp_path / 'ckpt'))
-  config.model.name = 'sequencer2d_s'
+  config.model.arch.layers = (1, 1)
   with pytest.raises(loop.TrainingError, match='init_from: .*ckpt: the parameters do not match '
                                                 'its architecture with 1000 classes, or are '
                                                 'damaged'):
