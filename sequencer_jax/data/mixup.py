@@ -16,6 +16,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from sequencer_jax.data.pil_ops import rounded
+
 
 @dataclasses.dataclass(frozen=True)
 class MixupConfig:
@@ -60,9 +62,12 @@ def mix_with_reversed(images: jax.Array, labels: jax.Array, use_cutmix: jax.Arra
   box = (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
   cut = jnp.where(box[None, :, :, None], reversed_images, images)
   lam_cut = 1.0 - ((y1 - y0) * (x1 - x0)).astype(jnp.float32) / (height * width)
-  mixed = lam * images + (1.0 - lam) * reversed_images
-  if jnp.issubdtype(images.dtype, jnp.integer):  # FastCollateMixup rounds back to uint8.
-    mixed = jnp.round(mixed)
+  if jnp.issubdtype(images.dtype, jnp.integer):
+    # FastCollateMixup rounds each float32 product, adds them and rounds back to uint8: an FMA
+    # (XLA contracts the sum under jit) moves values that sit at .5 by one level.
+    mixed = jnp.round(rounded(lam * images) + rounded((1.0 - lam) * reversed_images))
+  else:
+    mixed = lam * images + (1.0 - lam) * reversed_images
   mixed = mixed.astype(images.dtype)
   images = jnp.where(use_cutmix, cut, mixed)
   lam = jnp.where(use_cutmix, lam_cut, lam)

@@ -57,7 +57,7 @@ _BLEND_STEPS = np.arange(-255.0, 256.0)  # float64: k = x - d.
 
 
 def rounded(product: jax.Array) -> jax.Array:
-  """A float64 product rounded on its own before any addition: the select (true unless the
+  """A product rounded on its own before any addition: the select (true unless the
   product is NaN) keeps XLA and LLVM from contracting it with the next add into an FMA."""
   return jnp.where(product == product, product, jnp.zeros((), product.dtype))
 

@@ -41,15 +41,17 @@ def _timm_fast_collate(images, labels, lam, use_cutmix, np_seed):
 
 @pytest.mark.parametrize('lam', [0.3, 0.5, 0.8137])
 def test_uint8_mixup_equals_fast_collate_mixup(lam):
-  """Pixels equal exactly (rounded half to even back to uint8, as np.rint); targets to 1e-6."""
+  """Pixels equal exactly (rounded half to even back to uint8, as np.rint), eagerly and under
+  jit as in the train step (where XLA could fuse the two products into an FMA); targets to
+  1e-6."""
   images, labels = _uint8_batch()
   want_x, want_y = _timm_fast_collate(images, labels, lam, False, 0)
-  got_x, got_y = mix_with_reversed(jnp.asarray(images), jnp.asarray(labels), jnp.asarray(False),
-                                   jnp.asarray(lam, jnp.float32), jnp.asarray(0),
-                                   jnp.asarray(0), K, 0.1)
-  assert got_x.dtype == jnp.uint8
-  np.testing.assert_array_equal(np.asarray(got_x), want_x)
-  np.testing.assert_allclose(got_y, want_y, rtol=0, atol=1e-6)
+  for mix in (mix_with_reversed, jax.jit(mix_with_reversed, static_argnums=(6, 7))):
+    got_x, got_y = mix(jnp.asarray(images), jnp.asarray(labels), jnp.asarray(False),
+                       jnp.asarray(lam, jnp.float32), jnp.asarray(0), jnp.asarray(0), K, 0.1)
+    assert got_x.dtype == jnp.uint8
+    np.testing.assert_array_equal(np.asarray(got_x), want_x)
+    np.testing.assert_allclose(got_y, want_y, rtol=0, atol=1e-6)
 
 
 def test_uint8_cutmix_equals_fast_collate_mixup():
