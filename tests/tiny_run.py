@@ -12,8 +12,8 @@ import jax
 import ml_collections
 
 from configs import demo
-from sequencer_jax.data import synthetic
 from sequencer_jax import sharding
+from sequencer_jax.data import synthetic
 from sequencer_jax.train import overrides
 from sequencer_jax.train.checkpoints import TrainCheckpoints
 from sequencer_jax.train.config import build_model, build_optimizer, run_record

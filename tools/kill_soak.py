@@ -30,10 +30,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from sequencer_jax.data import synthetic
 from sequencer_jax import sharding
-from sequencer_jax.train import overrides
+from sequencer_jax.data import synthetic
 from sequencer_jax.errors import CheckpointError
+from sequencer_jax.train import overrides
 from sequencer_jax.train.checkpoints import TrainCheckpoints
 from sequencer_jax.train.config import build_model, build_optimizer, run_record
 from sequencer_jax.train.state import create_train_state

@@ -15,11 +15,11 @@ from PIL import Image
 
 import sequencer_jax
 from sequencer_jax import evaluate as evaluate_command
+from sequencer_jax import sharding
 from sequencer_jax.evaluation import metrics, runner
 from sequencer_jax.inference import Classifier
 from sequencer_jax.labels import imagenet1k_wnids, imagenet_real_labels, subset_wnids
 from sequencer_jax.models import DataConfig, SequencerArch
-from sequencer_jax import sharding
 from random_params import random_variables
 
 ARCH = SequencerArch(layers=(1, 1), patch_sizes=(4, 2), embed_dims=(16, 32), hidden_sizes=(4, 8))

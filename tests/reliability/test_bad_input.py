@@ -21,11 +21,11 @@ from tiny_run import tiny_config
 
 from configs import demo
 from sequencer_jax import ModelRecord, save_model
-from sequencer_jax.train import __main__ as train_command
 from sequencer_jax.data import synthetic
+from sequencer_jax.errors import CheckpointError, DatasetError
+from sequencer_jax.train import __main__ as train_command
 from sequencer_jax.train import loop, start
 from sequencer_jax.train import overrides
-from sequencer_jax.errors import CheckpointError, DatasetError
 from sequencer_jax.train.checkpoints import TrainCheckpoints, checksums
 from sequencer_jax.train.config import ConfigError, build_model, run_record
 

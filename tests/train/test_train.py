@@ -19,11 +19,11 @@ from snapshot import snapshot
 from tiny_run import restore_params, tiny_config
 
 from sequencer_jax import ModelRecord, models, save_model
+from sequencer_jax.errors import CheckpointError
 from sequencer_jax.models import DataConfig, abstract_params
 from sequencer_jax.train import config as train_config
 from sequencer_jax.train import loop
 from sequencer_jax.train import step as train_step
-from sequencer_jax.errors import CheckpointError
 
 
 @pytest.fixture(scope='module')

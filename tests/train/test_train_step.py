@@ -22,10 +22,10 @@ import train_step_worker as worker
 from jax.sharding import PartitionSpec as P
 
 from sequencer_jax.data.device_augment import DeviceAugment
+from sequencer_jax.evaluation import metrics, runner
 from sequencer_jax.models import Sequencer
 from sequencer_jax.sharding import fsdp_spec, global_batch, make_mesh, param_shardings
 from sequencer_jax.train.state import TrainState, create_train_state
-from sequencer_jax.evaluation import metrics, runner
 from sequencer_jax.train.step import make_train_step, soft_target_cross_entropy
 
 # Parameters of two runs that should agree up to float32 rounding: per leaf, the largest
