@@ -13,6 +13,11 @@ import os
 import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+if os.environ.get('PYTEST_XDIST_WORKER'):
+  # One worker per core: torch's and NumPy's OpenMP threads would spin on the other workers' core.
+  os.environ.setdefault('OMP_NUM_THREADS', '1')
+  os.environ['XLA_FLAGS'] = ' '.join([os.environ.get('XLA_FLAGS', ''),
+                                      '--xla_cpu_multi_thread_eigen=false']).strip()
 os.environ['XLA_FLAGS'] = ' '.join(
     [os.environ.get('XLA_FLAGS', ''), '--xla_backend_optimization_level=0']).strip()
 sys.path.insert(0, os.path.dirname(__file__))  # The helpers beside this file.

@@ -103,6 +103,7 @@ def test_host_batches_are_canvases_with_crops_that_fit():
   assert benchmark.host_batch(np.random.default_rng(0), 2, 28)['image'].shape == (2, 64, 64, 3)
 
 
+@pytest.mark.slow  # The benchmark end to end, as test_pipeline_speed.py runs it.
 def test_the_augmentation_alone_is_timed_without_timm(capsys):
   # Batch 2 at 28 on 64 x 64 canvases: the program test_pipeline_speed.py times, compiled once
   # per test process when both run in it.

@@ -61,6 +61,7 @@ def test_time_passes_checks_the_count_and_skips_the_warmup_pass():
     bp.time_passes(lambda: 2, num_images=3, repeats=1)
 
 
+@pytest.mark.slow  # The benchmark end to end.
 def test_main_prints_a_table_and_one_json_line(jpegs, capsys, tmp_path):
   # The device run at 28 on 64 x 64 canvases, batch 2: the program test_model_speed.py times,
   # compiled once per test process when both run in it.

@@ -63,6 +63,7 @@ def test_the_map_is_the_mean_over_images_and_display_is_log_scaled():
   np.testing.assert_allclose(shown, np.log10(both + 1) / np.log10(both + 1).max())
 
 
+@pytest.mark.slow  # The command end to end; the maps themselves are checked above.
 def test_the_command_writes_a_picture_and_the_maps(tmp_path, capsys):
   model, variables = _model('cat')
   record = sequencer_jax.ModelRecord(model.arch, 0, None, DataConfig(32, 1.0))

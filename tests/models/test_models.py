@@ -54,7 +54,14 @@ def test_every_registered_model_is_counted():
 _abstract_params = functools.cache(abstract_params)
 
 
-@pytest.mark.parametrize('name', sorted(EXPECTED_COUNTS))
+# The quick tier counts S and its variants; M, L and the wider and deeper ones are traced in the
+# slow tier (the same code, more blocks).
+_DEEPER = ('sequencer2d_m', 'sequencer2d_l', 'sequencer2d_s_h2x')
+
+
+@pytest.mark.parametrize('name', [
+    pytest.param(name, marks=pytest.mark.slow if name.startswith(_DEEPER) else ())
+    for name in sorted(EXPECTED_COUNTS)])
 def test_parameter_counts_match_the_original_code(name):
   leaves = jax.tree.leaves(_abstract_params(sequencer_jax.create_model(name)))
   assert (sum(x.size for x in leaves), len(leaves)) == EXPECTED_COUNTS[name]
@@ -241,7 +248,8 @@ def test_weights_conversion_and_benchmark_import_without_tensorflow():
   assert _imports_in_a_fresh_process(code) == 'ok'
 
 
-def test_remat_gives_the_same_gradients_and_overrides_are_checked():
+@pytest.mark.slow  # Two compiled training gradients of a whole model.
+def test_remat_gives_the_same_gradients():
   model = create_model('sequencer2d_s', 10, layers=(2,), patch_sizes=(4,), embed_dims=(16,),
                        hidden_sizes=(4,), drop_path_rate=0.1)
   x = jnp.linspace(-1, 1, 2 * 8 * 8 * 3).reshape(2, 8, 8, 3)
@@ -253,5 +261,8 @@ def test_remat_gives_the_same_gradients_and_overrides_are_checked():
 
   for a, b in zip(jax.tree.leaves(grads(model)), jax.tree.leaves(grads(model.clone(remat=True)))):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_architecture_overrides_are_checked():
   with pytest.raises(ValueError, match='unknown architecture field.*layerz.*valid: layers'):
     create_model('sequencer2d_s', layerz=(1,))

@@ -6,7 +6,6 @@ Tolerance: max |diff| <= 1e-5 * max(1, max |reference|) for outputs and for ever
 
 from __future__ import annotations
 
-import functools
 from unittest import mock
 
 import jax
@@ -36,12 +35,19 @@ def _close(got, want, what):
                                atol=1e-5 * max(1.0, np.abs(w).max()), err_msg=what)
 
 
-def _value_and_grads(module, variables, x):
+def _loss_grads(module, variables, x):
+  """The output and the gradients of a loss with a non-uniform cotangent."""
   def loss(v, x):
     y = module.apply(v, x)
-    return jnp.sum(y * jnp.cos(jnp.arange(y.size).reshape(y.shape))), y  # Non-uniform cotangent.
-  (_, y), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(variables, x)
+    return jnp.sum(y * jnp.cos(jnp.arange(y.size).reshape(y.shape))), y
+  (_, y), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(variables, x)
   return y, grads
+
+
+def _each_value_and_grads(modules, variables, x):
+  """`_loss_grads` of each module, in one compilation."""
+  return jax.jit(lambda v, x: {name: _loss_grads(m, v, x) for name, m in modules.items()})(
+      variables, x)
 
 
 MIXERS = {
@@ -61,25 +67,24 @@ def test_token_mixer_implementations_agree(case):
   kwargs, shape = MIXERS[case]
   unroll = 3 if 'square' in case else 1  # Partial unrolling, with a remainder (T = 5, 6, 7).
   x = _normal(shape)
-  reference = RNN2D(4, rnn_impl='per_direction', **kwargs)
-  variables = random_variables(reference, x)
-  want_y, want_g = _value_and_grads(reference, variables, x)
-  for impl in FAST_IMPLS:
-    if impl == 'fused_vjp' and kwargs['cell'] != 'lstm':
-      continue
-    got_y, got_g = _value_and_grads(RNN2D(4, rnn_impl=impl, rnn_unroll=unroll, **kwargs),
-                                    variables, x)
+  modules = {impl: RNN2D(4, rnn_impl=impl, rnn_unroll=unroll, **kwargs) for impl in FAST_IMPLS
+             if impl != 'fused_vjp' or kwargs['cell'] == 'lstm'}
+  modules['per_direction'] = RNN2D(4, rnn_impl='per_direction', **kwargs)
+  variables = random_variables(modules['per_direction'], x)
+  got = _each_value_and_grads(modules, variables, x)
+  want_y, want_g = got.pop('per_direction')
+  for impl, (got_y, got_g) in got.items():
     _close(got_y, want_y, f'{impl} output')
     _close(got_g, want_g, f'{impl} gradients')
 
 
 def test_vanilla_mixer_implementations_agree():
   x = _normal((2, 3, 4, 8))
-  reference = RNN1D(4, rnn_impl='per_direction')
-  variables = random_variables(reference, x)
-  want = _value_and_grads(reference, variables, x)
+  modules = {impl: RNN1D(4, rnn_impl=impl) for impl in RNN_IMPLS}
+  got = _each_value_and_grads(modules, random_variables(modules['per_direction'], x), x)
+  want = got.pop('per_direction')
   for impl in FAST_IMPLS:
-    _close(_value_and_grads(RNN1D(4, rnn_impl=impl), variables, x), want, impl)
+    _close(got[impl], want, impl)
 
 
 @pytest.mark.parametrize('bidirectional', [True, False])
@@ -103,23 +108,25 @@ def test_pure_implementations_take_the_stacked_parameters(bidirectional):
     _close(got[name], want, name)
 
 
+@pytest.mark.slow  # The quick tier checks each implementation on every token mixer above.
 def test_whole_model_gradients_agree_across_implementations():
   arch = SequencerArch(layers=(1, 1), patch_sizes=(4, 2), embed_dims=(8, 16), hidden_sizes=(2, 4))
   x = _normal((2, 24, 24, 3))
-  make = functools.partial(sequencer_jax.Sequencer, arch, num_classes=5)
-  variables = random_variables(make(rnn_impl='per_direction'), x)  # A non-zero head too.
-  want = _value_and_grads(make(rnn_impl='per_direction'), variables, x)
+  modules = {impl: sequencer_jax.Sequencer(arch, num_classes=5, rnn_impl=impl)
+             for impl in RNN_IMPLS}
+  variables = random_variables(modules['per_direction'], x)  # A non-zero head too.
+  got = _each_value_and_grads(modules, variables, x)
+  want = got.pop('per_direction')
   for impl in FAST_IMPLS:
-    _close(_value_and_grads(make(rnn_impl=impl), variables, x), want, impl)
+    _close(got[impl], want, impl)
 
 
 def test_custom_vjp_in_bf16_stays_close_to_autodiff():
   """bf16 compute: the hand-written backward pass against autodiff of the same forward pass."""
   x = _normal((2, 6, 6, 8))
-  make = functools.partial(RNN2D, 4, dtype=jnp.bfloat16)
-  variables = random_variables(make(rnn_impl='fused'), x)
-  _, want = _value_and_grads(make(rnn_impl='fused'), variables, x)
-  _, got = _value_and_grads(make(rnn_impl='fused_vjp'), variables, x)
+  modules = {impl: RNN2D(4, dtype=jnp.bfloat16, rnn_impl=impl) for impl in ('fused', 'fused_vjp')}
+  outputs = _each_value_and_grads(modules, random_variables(modules['fused'], x), x)
+  (_, want), (_, got) = outputs['fused'], outputs['fused_vjp']
   for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     g, w = np.asarray(g, np.float32), np.asarray(w, np.float32)
     assert np.abs(g - w).max() <= 2e-2 * max(1.0, np.abs(w).max())
