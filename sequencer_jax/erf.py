@@ -1,11 +1,12 @@
 """The ERF command: the paper's effective-receptive-field figure for any model.
 
   python -m sequencer_jax.erf --model SOURCE --images DIR --out erf.png [--stages 0 1 2 3]
-      [--num-images N] [--size PIXELS] [--batch-size N]
+      [--num-images N] [--size PIXELS] [--batch-size N] [--[no-]progress]
 
 Writes one PNG with a panel per stage (matplotlib) and the raw maps beside it as
 `<out>_stage<k>.npy`. Images are prepared with the model's eval transform (at --size pixels if
-given). Nothing existing is overwritten.
+given). Nothing existing is overwritten. Progress over the images goes to stderr when it is a
+terminal.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import dataclasses
 import logging
 import os
 import sys
+from collections.abc import Iterator
 
 import numpy as np
+import tqdm
 
-from sequencer_jax import pretrained
+from sequencer_jax import pretrained, progress
 from sequencer_jax.data import cpu_only
 from sequencer_jax.evaluation import erf
 from sequencer_jax.inference import Classifier, ImageError, find_images
@@ -34,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--num-images', type=int, default=50, help='images averaged (default 50)')
   p.add_argument('--size', type=int, help='input pixels (default: the model\'s input size)')
   p.add_argument('--batch-size', type=int, default=8)
+  progress.add_flag(p)
   return p
 
 
@@ -60,6 +64,15 @@ def draw(maps: dict[int, np.ndarray], path: str, title: str) -> None:
   plt.close(fig)
 
 
+def _batches(classifier: Classifier, paths: list[str], bar: tqdm.tqdm) -> Iterator[np.ndarray]:
+  """The prepared images, one batch at a time (50 images at 1024 pixels would be 600 MB at
+  once); the bar counts a batch when the next one is asked for, once it was used."""
+  for start in range(0, len(paths), classifier.batch_size):
+    chunk = paths[start:start + classifier.batch_size]
+    yield np.stack([classifier.preprocess(classifier.read_file(p)) for p in chunk])
+    bar.update(len(chunk))
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = _parser()
   args = parser.parse_args(argv)
@@ -83,11 +96,9 @@ def main(argv: list[str] | None = None) -> int:
       config = dataclasses.replace(loaded.record.data_config, input_size=args.size)
       loaded = loaded._replace(record=dataclasses.replace(loaded.record, data_config=config))
     classifier = Classifier(loaded, args.batch_size)
-    # Read and prepared one batch at a time: 50 images at 1024 pixels would be 600 MB at once.
-    batches = (np.stack([classifier.preprocess(classifier.read_file(p))
-                         for p in paths[i:i + args.batch_size]])
-               for i in range(0, len(paths), args.batch_size))
-    maps = erf.effective_receptive_fields(loaded.model, loaded.variables, batches, stages)
+    with progress.bar(len(paths), 'erf', 'img', args.progress) as bar:
+      maps = erf.effective_receptive_fields(loaded.model, loaded.variables,
+                                            _batches(classifier, paths, bar), stages)
   except (ImageError, pretrained.SourceError, FileExistsError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

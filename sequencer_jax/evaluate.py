@@ -2,11 +2,14 @@
 
   python -m sequencer_jax.evaluate --model SOURCE --eval NAME=DATASET[:SPLIT] [--eval ...]
       [--batch-size N] [--ema] [--format table|json] [--results-file F] [--data-dir DIR]
+      [--[no-]progress]
 
 SOURCE is anything `sequencer_jax.load_pretrained` takes, with an ImageNet-1k head. NAME picks the
 metric: imagenet, real, imagenet_v2, imagenet_sketch, imagenet_a, imagenet_r or imagenet_c.
 DATASET is a folder laid out as the set is distributed or a TFDS name (see evaluation/suites.py).
---results-file appends one CSV row per evaluation, as timm's validate.py does.
+--results-file appends one CSV row per evaluation, as timm's validate.py does. Progress goes to
+stderr when it is a terminal (each set: images done of its total, images/s, time left, running
+top-1 and top-5); the results go to stdout.
 """
 
 from __future__ import annotations
@@ -17,16 +20,18 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
+import tqdm
 
-from sequencer_jax import pretrained
+from sequencer_jax import pretrained, progress
 from sequencer_jax.data import cpu_only
 from sequencer_jax.data.image_header import MAX_PIXELS
 from sequencer_jax.errors import DatasetError
-from sequencer_jax.evaluation import runner, suites
+from sequencer_jax.evaluation import metrics, runner, suites
 from sequencer_jax.models import abstract_params
 from sequencer_jax import sharding
 
@@ -60,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--data-dir', help='the TFDS data_dir')
   p.add_argument('--max-pixels', type=int, default=MAX_PIXELS,
                  help=f'skip images whose header claims more pixels (default {MAX_PIXELS:,})')
+  progress.add_flag(p)
   return p
 
 
@@ -85,6 +91,17 @@ def _append_results(path: str, rows: list[dict[str, Any]]) -> None:
     if new:
       writer.writeheader()
     writer.writerows(rows)
+
+
+def _reporter(bar: tqdm.tqdm) -> Callable[[int, metrics.Metric], None]:
+  """`run_eval`'s `on_batch` for a bar: images done, and the running top-1 and top-5."""
+  def on_batch(images: int, metric: metrics.Metric) -> None:
+    if not bar.disable:
+      figures = metric.result()
+      bar.set_postfix(top1=f'{100 * figures["top1"]:.2f}', top5=f'{100 * figures["top5"]:.2f}',
+                      refresh=False)
+    bar.update(images)
+  return on_batch
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,9 +133,10 @@ def main(argv: list[str] | None = None) -> int:
   for eval_set in sets:
     step = runner.make_predict_step(model, mesh=mesh, params_sharding=params_sharding,
                                     classes=eval_set.classes)
-    results[eval_set.name] = runner.run_eval(step, params, eval_set, batch_size=args.batch_size,
-                                             data_config=record.data_config, mesh=mesh,
-                                             max_pixels=args.max_pixels)
+    with progress.bar(eval_set.source.num_examples, eval_set.name, 'img', args.progress) as bar:
+      results[eval_set.name] = runner.run_eval(
+          step, params, eval_set, batch_size=args.batch_size, data_config=record.data_config,
+          mesh=mesh, max_pixels=args.max_pixels, on_batch=_reporter(bar))
   datasets = {name: dataset + (f':{split}' if split else '') for name, dataset, split in args.evals}
   if args.results_file:
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables['params']))

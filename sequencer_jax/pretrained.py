@@ -16,8 +16,9 @@ import jax.numpy as jnp
 from sequencer_jax.models import Sequencer
 from sequencer_jax.errors import CheckpointError
 from sequencer_jax.weights import hub, torch_files, torch_keys, workdir
-from sequencer_jax.weights.model_format import (ModelFormatError, ModelRecord, is_model_directory,
-                                                read_model_directory)
+from sequencer_jax.models.registry import name_for_arch
+from sequencer_jax.weights.model_format import (ModelFormatError, ModelRecord, default_class_names,
+                                                is_model_directory, read_model_directory)
 
 TORCH_SUFFIXES = ('.pth', '.pt', '.bin', '.tar', '.safetensors')
 SOURCES = ('a model directory, a training workdir, a .pth/.bin/.safetensors file, or '
@@ -37,8 +38,13 @@ class Pretrained(NamedTuple):
 
 
 def _from_torch_file(path: str, source: str) -> tuple[ModelRecord, Any]:
-  name, classes, params = torch_keys.convert_state_dict(torch_files.read_state_dict(path))
-  return ModelRecord.registered(name, classes, converted_from=source), params
+  """A registered model with its data config, or any other architecture its keys describe."""
+  arch, classes, params = torch_keys.read_arch_and_params(torch_files.read_state_dict(path))
+  name = name_for_arch(arch)
+  if name is not None:
+    return ModelRecord.registered(name, classes, converted_from=source), params
+  return ModelRecord(arch, classes, default_class_names(classes),
+                     provenance={'converted_from': source}), params
 
 
 def _from_hub(source: str) -> tuple[ModelRecord, Any]:

@@ -14,6 +14,7 @@ from jax.sharding import Mesh
 
 from sequencer_jax import sharding
 from sequencer_jax.data import image_header, pipeline
+from sequencer_jax.evaluation.metrics import Metric
 from sequencer_jax.evaluation.suites import EvalSet
 from sequencer_jax.models import DataConfig
 
@@ -45,10 +46,11 @@ def make_predict_step(model: nn.Module, *, mesh: Mesh, params_sharding: Any,
 
 
 def run_eval(predict_step: PredictStep, params: Any, eval_set: EvalSet, *, batch_size: int,
-             data_config: DataConfig, mesh: Mesh,
-             max_pixels: int = image_header.MAX_PIXELS) -> dict[str, Any]:
+             data_config: DataConfig, mesh: Mesh, max_pixels: int = image_header.MAX_PIXELS,
+             on_batch: Callable[[int, Metric], None] | None = None) -> dict[str, Any]:
   """The metric of `eval_set` over all its images, and `skipped`: images that could not be read
-  (or were over `max_pixels`). `predict_step` is `make_predict_step` for the set's classes."""
+  (or were over `max_pixels`). `predict_step` is `make_predict_step` for the set's classes;
+  `on_batch(images, metric)` is called after each batch with its number of images."""
   batches = pipeline.eval_batches(eval_set.source, batch_size=batch_size,
                                   data_config=data_config, process_index=jax.process_index(),
                                   process_count=jax.process_count(), max_pixels=max_pixels)
@@ -61,5 +63,7 @@ def run_eval(predict_step: PredictStep, params: Any, eval_set: EvalSet, *, batch
       labels = eval_set.label_map[labels]
     losses = np.asarray(out['loss'])[keep] if 'loss' in out else None
     metric.update(np.asarray(out['top5'])[keep], labels, np.asarray(out['index'])[keep], losses)
+    if on_batch is not None:
+      on_batch(int(keep.sum()), metric)
   return {**metric.result(), 'skipped': len(batches.skipped)}
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
+from collections.abc import Sequence
 from typing import Any
 
 import jax.numpy as jnp
@@ -69,9 +71,14 @@ _REGISTRY: dict[str, ModelInfo] = {
 }
 
 
-def list_models() -> list[str]:
-  """Every registered model name, in registration order."""
-  return list(_REGISTRY)
+def list_models(pattern: str | Sequence[str] = '') -> list[str]:
+  """The registered model names matching `pattern` (fnmatch wildcards, e.g. 'sequencer2d_*', or
+  a list of patterns, any of which may match), in registration order; '' matches every name,
+  as in timm's `list_models`."""
+  patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+  if not any(patterns):
+    return list(_REGISTRY)
+  return [name for name in _REGISTRY if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
 
 
 def model_info(name: str) -> ModelInfo:

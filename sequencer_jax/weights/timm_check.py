@@ -11,20 +11,16 @@ import jax
 import numpy as np
 
 from sequencer_jax.models import SequencerArch, create_model, model_info
-from sequencer_jax.weights.torch_keys import ConversionError, Params, infer_arch, to_timm_layout
+from sequencer_jax.weights.torch_keys import (ConversionError, Params, infer_arch,
+                                             timm_constructor_args, to_timm_layout)
 
 
 def timm_sequencer(arch: SequencerArch, num_classes: int = 1000, **kwargs: Any) -> Any:
   """timm's `Sequencer2d` (a torch.nn.Module) with this architecture (2D LSTM models only);
   `kwargs` (e.g. drop_path_rate) go to its constructor."""
-  if arch.cell != 'lstm' or arch.vanilla:
-    raise ValueError(f'timm has only the LSTM Sequencer2D, not {arch.cell} / vanilla models')
+  args = timm_constructor_args(arch)
   import timm
-  return timm.models.sequencer.Sequencer2d(
-      num_classes=num_classes, layers=arch.layers, patch_sizes=arch.patch_sizes,
-      embed_dims=arch.embed_dims, hidden_sizes=arch.hidden_sizes,
-      mlp_ratios=(arch.mlp_ratio,) * len(arch.layers), bidirectional=arch.bidirectional,
-      union=arch.union, with_fc=arch.with_fc, **kwargs)
+  return timm.models.sequencer.Sequencer2d(num_classes=num_classes, **args, **kwargs)
 
 
 def check_timm_available(name: str) -> None:

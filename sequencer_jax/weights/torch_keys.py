@@ -208,6 +208,14 @@ def flax_to_torch(params: Params, layout: str = 'timm',
   raise ValueError(f'unknown layout {layout!r}; expected "timm" or "original"')
 
 
+def read_arch_and_params(state_dict: Mapping[str, np.ndarray]
+                         ) -> tuple[SequencerArch, int, Params]:
+  """Any-layout state_dict of any architecture -> (architecture, number of classes, params)."""
+  sd = to_timm_layout(state_dict)
+  arch, classes = infer_arch(sd)
+  return arch, classes, torch_to_flax(sd, Sequencer(arch, num_classes=classes))
+
+
 def convert_state_dict(state_dict: Mapping[str, np.ndarray], model_name: str | None = None,
                        num_classes: int | None = None) -> tuple[str, int, Params]:
   """Any-layout state_dict -> (model name, number of classes, Flax params)."""
@@ -230,3 +238,17 @@ TIMM_MODELS = ('sequencer2d_s', 'sequencer2d_m', 'sequencer2d_l')  # timm.create
 def torch_layout_for(arch: SequencerArch) -> str:
   """'timm' for timm's own models (Sequencer2D-S/M/L), else the original repository's layout."""
   return 'timm' if name_for_arch(arch) in TIMM_MODELS else 'original'
+
+
+def timm_constructor_args(arch: SequencerArch) -> dict[str, Any]:
+  """The arguments of timm's `Sequencer2d` that build `arch` (JSON values); architectures timm
+  cannot build (GRU and tanh cells, the vanilla 1D models) raise a ConversionError."""
+  if arch.cell != 'lstm' or arch.vanilla:
+    what = 'a vanilla (1D) Sequencer' if arch.vanilla else f'{arch.cell.upper()} cells'
+    raise ConversionError(f"timm's Sequencer2d cannot build {what} (it has only 2D LSTM "
+                          f"Sequencers); write the original repository's layout instead: "
+                          f"--to-torch SRC DST.safetensors --layout original")
+  return {'layers': list(arch.layers), 'patch_sizes': list(arch.patch_sizes),
+          'embed_dims': list(arch.embed_dims), 'hidden_sizes': list(arch.hidden_sizes),
+          'mlp_ratios': [arch.mlp_ratio] * len(arch.layers), 'bidirectional': arch.bidirectional,
+          'union': arch.union, 'with_fc': arch.with_fc}

@@ -73,6 +73,16 @@ def _read_only_manager(directory: str) -> ocp.CheckpointManager:
     absl_logger.setLevel(level)
 
 
+def _validation_top1(directory: str, step: int) -> float | None:
+  """The validation top-1 a best/ checkpoint was kept for (None when it recorded none)."""
+  manager = _read_only_manager(directory)
+  try:
+    metrics = manager.metrics(step) or {}
+  finally:
+    manager.close()
+  return float(metrics['top1']) if 'top1' in metrics else None
+
+
 def _steps(directory: str) -> list[int]:
   if not os.path.isdir(directory):
     return []
@@ -128,11 +138,15 @@ def read_trained_model(workdir: str, *, last: bool = False, step: int | None = N
                        ema: bool = False) -> tuple[ModelRecord, Any]:
   """The record and parameters (numpy) of the run in `workdir`: its best checkpoint when it has
   one, else its newest; `last` takes the newest, `step` checkpoint `step` of checkpoints/, and
-  `ema` the EMA parameters. The record's provenance names the workdir, step and weights."""
+  `ema` the EMA parameters. The record's provenance names the workdir, step and weights, and
+  for the best checkpoint the validation top-1 it was kept for (`validation_top1`)."""
   root = os.path.abspath(workdir)
   record = read_record(root)
   directory, which, step = _choose(root, last, step)
   params = _read_params(directory, step, ema)
-  return dataclasses.replace(record, provenance={
-      'workdir': root, 'step': step, 'checkpoint': which,
-      'weights': 'ema' if ema else 'raw'}), params
+  provenance = {'workdir': root, 'step': step, 'checkpoint': which,
+                'weights': 'ema' if ema else 'raw'}
+  top1 = _validation_top1(directory, step) if which == 'best' else None
+  if top1 is not None:
+    provenance['validation_top1'] = top1
+  return dataclasses.replace(record, provenance=provenance), params

@@ -50,6 +50,20 @@ def test_every_registered_model_is_counted():
   assert sorted(sequencer_jax.list_models()) == sorted(EXPECTED_COUNTS)
 
 
+def test_list_models_takes_timms_wildcard_patterns():
+  everything = sequencer_jax.list_models()
+  assert sequencer_jax.list_models('') == everything == sequencer_jax.list_models('*')
+  assert sequencer_jax.list_models('sequencer2d_?') == [
+      'sequencer2d_s', 'sequencer2d_m', 'sequencer2d_l']
+  assert sequencer_jax.list_models('*_392') == [
+      'sequencer2d_s_392', 'sequencer2d_m_392', 'sequencer2d_l_392']
+  assert sequencer_jax.list_models(['v_*', 'gru_*']) == [
+      'gru_sequencer2d_s', 'v_sequencer_s', 'v_sequencer_s_h', 'v_sequencer_s_pe']
+  assert sequencer_jax.list_models('[gr]*_s') == ['gru_sequencer2d_s', 'rnn_sequencer2d_s']
+  assert sequencer_jax.list_models('Sequencer2d_*') == []  # Case-sensitive, as names are.
+  assert sequencer_jax.list_models('resnet*') == []
+
+
 # Tracing a registered model takes seconds; each _392 model equals its 224 one, traced once.
 _abstract_params = functools.cache(abstract_params)
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 
+import huggingface_hub
 import jax
 import numpy as np
 import pytest
+import timm
 import torch
 from safetensors.numpy import load_file
 
@@ -17,6 +19,7 @@ from sequencer_jax import convert as convert_command
 from sequencer_jax import export as export_command
 from sequencer_jax import predict as predict_command
 from sequencer_jax.train import loop
+from hub_cache import write_hub_cache
 from snapshot import snapshot
 from tiny_run import restore_params, tiny_config
 from torch_reference import OriginalSequencer
@@ -105,6 +108,31 @@ def test_to_torch_takes_an_export_in_the_original_layout(ema_run, tmp_path):
     expected = reference(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
   got = np.asarray(jax.jit(model.apply)(variables, x))
   assert np.abs(got - expected).max() <= 1e-5
+
+
+def test_a_runs_best_checkpoint_is_shared_as_a_timm_hub_folder(ema_run, tmp_path, monkeypatch):
+  """The workdir itself as the source: timm loads the folder from a hub cache with our logits
+  (fp32, CPU, within 1e-4), and its model card gives the top-1 the checkpoint was kept for."""
+  workdir, _, _ = ema_run
+  loaded = sequencer_jax.load_pretrained(workdir)
+  top1 = loaded.record.provenance['validation_top1']
+  assert 0.0 <= top1 <= 1.0
+  folder = tmp_path / 'tiny-run'
+  assert convert_command.main(['--to-torch', workdir, str(folder)]) == 0
+  card = (folder / 'README.md').read_text()
+  assert f"validation set, at this checkpoint: {100 * top1:.2f}%" in card
+  assert f'  - workdir: {workdir}' in card and '  - checkpoint: best' in card
+  monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(tmp_path / 'hub'))
+  monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+  write_hub_cache(str(tmp_path / 'hub'), 'test/tiny-run',
+                  {name: (folder / name).read_bytes() for name in os.listdir(folder)})
+  reference = timm.create_model('hf-hub:test/tiny-run', pretrained=True).eval()
+  assert reference.pretrained_cfg['label_names'] == list(CLASSES)
+  x = np.random.RandomState(0).randn(2, 16, 16, 3).astype(np.float32)
+  with torch.no_grad():
+    expected = reference(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
+  got = np.asarray(jax.jit(loaded.model.apply)(loaded.variables, x))
+  assert np.abs(got - expected).max() <= 1e-4
 
 
 def test_export_refusals_write_nothing(ema_run, dataset, tmp_path, capsys):

@@ -336,4 +336,5 @@ def test_flags_that_do_not_apply_are_refused(argv, capsys):
   with pytest.raises(SystemExit):
     _run(*argv)
   err = capsys.readouterr().err
-  assert 'applies to --to-torch only' in err or 'apply to conversion, not to --to-torch' in err
+  assert ('applies to --to-torch DST.safetensors only' in err
+          or 'apply to conversion, not to --to-torch' in err)
