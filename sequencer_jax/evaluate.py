@@ -70,11 +70,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _table(results: dict[str, dict[str, Any]], datasets: dict[str, str]) -> str:
-  lines = [f'{"eval":<16} {"images":>8} {"top-1":>8} {"top-5":>8} {"mCE":>8}  dataset']
+  lines = [f'{"eval":<16} {"images":>8} {"top-1":>8} {"top-5":>8} {"mCE":>8} {"raw mCE":>8}'
+           f'  dataset']
+  percent = lambda r, key: '' if r.get(key) is None else f'{100 * r[key]:.2f}'
   for name, r in results.items():
-    mce = '' if r.get('mce') is None else f'{100 * r["mce"]:.2f}'
     lines.append(f'{name:<16} {r["images"]:>8} {100 * r["top1"]:>8.3f} {100 * r["top5"]:>8.3f} '
-                 f'{mce:>8}  {datasets[name]}')
+                 f'{percent(r, "mce"):>8} {percent(r, "unnormalized_mce"):>8}  {datasets[name]}')
     for corruption, c in r.get('corruptions', {}).items():
       ce = 'partial' if c['ce'] is None else f'CE {100 * c["ce"]:.2f}'
       lines.append(f'  {corruption:<22} top-1 {100 * c["top1"]:.3f}  {ce}')
@@ -140,14 +141,14 @@ def main(argv: list[str] | None = None) -> int:
   datasets = {name: dataset + (f':{split}' if split else '') for name, dataset, split in args.evals}
   if args.results_file:
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables['params']))
-    cfg = record.data_config
+    configs = {s.name: s.data_config(record.data_config) for s in sets}
     _append_results(args.results_file, [{
         'model': args.model, 'eval': name, 'dataset': datasets[name],
         'top1': round(100 * r['top1'], 4), 'top1_err': round(100 - 100 * r['top1'], 4),
         'top5': round(100 * r['top5'], 4), 'top5_err': round(100 - 100 * r['top5'], 4),
         'mce': '' if r.get('mce') is None else round(100 * r['mce'], 4), 'images': r['images'],
-        'param_count': round(n_params / 1e6, 2), 'img_size': cfg.input_size,
-        'crop_pct': cfg.crop_pct, 'interpolation': cfg.interpolation}
+        'param_count': round(n_params / 1e6, 2), 'img_size': configs[name].input_size,
+        'crop_pct': configs[name].crop_pct, 'interpolation': configs[name].interpolation}
         for name, r in results.items()])
   if args.format == 'json':
     print(json.dumps(results, indent=1))

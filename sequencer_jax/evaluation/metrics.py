@@ -11,7 +11,8 @@ indices in the set, and returns its figures:
   set of ReaL labels; images whose set is empty are left out.
 * `CorruptionError`: ImageNet-C (Hendrycks & Dietterich 2019): top-1 per corruption (mean over
   severities), the corruption error CE_c = sum_s E_{s,c} / sum_s E^AlexNet_{s,c}, and mCE, the
-  mean CE over the 15 standard corruptions; a partial set is reported as partial.
+  mean CE over the 15 standard corruptions, beside the un-normalised mCE (the mean top-1 error
+  over them, validate_c.py's second figure); a partial set is reported as partial.
 """
 
 from __future__ import annotations
@@ -144,6 +145,11 @@ class CorruptionError(Metric):
         'images': total, 'corruptions': per_corruption,
         'mce': (float(np.mean([per_corruption[c]['ce'] for c in CORRUPTIONS]))
                 if len(complete) == len(CORRUPTIONS) else None)}
+    # validate_c.py's second figure: the mean top-1 error over the corruptions, not divided by
+    # AlexNet's.
+    result['unnormalized_mce'] = (
+        float(np.mean([1 - per_corruption[c]['top1'] for c in CORRUPTIONS]))
+        if result['mce'] is not None else None)
     if result['mce'] is None:  # A partial set: its mean CE is named as such, never as mCE.
       result['partial'] = {
           'missing': [c for c in CORRUPTIONS if c not in complete],

@@ -49,10 +49,12 @@ def run_eval(predict_step: PredictStep, params: Any, eval_set: EvalSet, *, batch
              data_config: DataConfig, mesh: Mesh, max_pixels: int = image_header.MAX_PIXELS,
              on_batch: Callable[[int, Metric], None] | None = None) -> dict[str, Any]:
   """The metric of `eval_set` over all its images, and `skipped`: images that could not be read
-  (or were over `max_pixels`). `predict_step` is `make_predict_step` for the set's classes;
+  (or were over `max_pixels`). `data_config` is the model's eval transform (the set may fix its
+  own size: `EvalSet.data_config`). `predict_step` is `make_predict_step` for the set's classes;
   `on_batch(images, metric)` is called after each batch with its number of images."""
   batches = pipeline.eval_batches(eval_set.source, batch_size=batch_size,
-                                  data_config=data_config, process_index=jax.process_index(),
+                                  data_config=eval_set.data_config(data_config),
+                                  process_index=jax.process_index(),
                                   process_count=jax.process_count(), max_pixels=max_pixels)
   metric = eval_set.new_metric()
   for batch in batches:

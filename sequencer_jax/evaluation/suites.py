@@ -9,7 +9,10 @@ class indices, with the metric its paper defines.
 | imagenet_a, imagenet_r | `<wnid>/*`, 200 of them | imagenet_a:test, imagenet_r:test | top-1/5 of 200 |
 | imagenet_c | `<corruption>/<severity>/<wnid>/*` | imagenet2012_corrupted/<c>_<s>:validation | CE, mCE |
 
-WordNet-id folders map to the model's ImageNet-1k indices, never to a new 0..K-1 labelling.
+WordNet-id folders map to the model's ImageNet-1k indices, never to a new 0..K-1 labelling. Every
+set goes through the model's eval transform except ImageNet-C: its images are distributed at
+224 x 224, already cropped, and reach the model unchanged (crop_pct 1.0, as validate_c.py feeds
+them), normalised with the model's mean and std.
 
 Beside the suites, `accuracy_set` is any split labelled in the model's own classes (training's
 `accuracy` evaluations): top-1, top-5 and the mean cross-entropy.
@@ -31,6 +34,7 @@ from sequencer_jax.data.folder import FolderSplit
 from sequencer_jax.errors import DatasetError
 from sequencer_jax.evaluation import metrics
 from sequencer_jax.labels import imagenet1k_wnids, imagenet_real_labels, subset_indices, subset_wnids
+from sequencer_jax.models import DataConfig
 
 SUITES = ('imagenet', 'real', 'imagenet_v2', 'imagenet_sketch', 'imagenet_a', 'imagenet_r',
           'imagenet_c')
@@ -38,6 +42,7 @@ DEFAULT_SPLITS = {'imagenet2012': 'validation', 'imagenet2012_real': 'validation
                   'imagenet_v2': 'test', 'imagenet_sketch': 'test', 'imagenet_a': 'test',
                   'imagenet_r': 'test', 'imagenet2012_corrupted': 'validation'}
 ACCURACY = 'accuracy'
+IMAGENET_C_SIZE = 224  # ImageNet-C's images: centre crops of ImageNet's validation set.
 _REAL_FILE = re.compile(r'ILSVRC2012_val_(\d{8})\.')
 
 
@@ -54,6 +59,13 @@ class EvalSet:
   classes: tuple[int, ...] | None = None
   label_map: np.ndarray | None = None
   with_loss: bool = False  # The labels are the model's classes: the metric gets each loss.
+  fixed_size: int | None = None  # Images distributed cropped at this size, fed unchanged.
+
+  def data_config(self, model: DataConfig) -> DataConfig:
+    """The transform of this set's images for a model whose eval transform is `model`."""
+    if self.fixed_size is None:
+      return model
+    return dataclasses.replace(model, input_size=self.fixed_size, crop_pct=1.0)
 
 
 def accuracy_set(name: str, source: sources.Source) -> EvalSet:
@@ -149,7 +161,8 @@ def open_eval(name: str, suite: str, dataset: str, split: str | None = None,
     if suite == 'imagenet_c':
       split_files, corruptions, severities = _corruption_folder(root)
       return EvalSet(name, suite, sources.FolderSource(split_files),
-                     functools.partial(metrics.CorruptionError, corruptions, severities))
+                     functools.partial(metrics.CorruptionError, corruptions, severities),
+                     fixed_size=IMAGENET_C_SIZE)
     subset = suite if suite in ('imagenet_a', 'imagenet_r') else None
     source = sources.FolderSource(_wnid_folder(root, subset_wnids(subset) if subset else None))
     label_map = None
@@ -168,7 +181,7 @@ def open_eval(name: str, suite: str, dataset: str, split: str | None = None,
       count = source.num_examples
       return EvalSet(name, suite, source, functools.partial(
           metrics.CorruptionError, [cell[1]] * count, [int(cell[2])] * count),
-          label_map=label_map)
+          label_map=label_map, fixed_size=IMAGENET_C_SIZE)
     subset = suite if suite in ('imagenet_a', 'imagenet_r') else None
   classes = subset_indices(subset) if subset else None
   return EvalSet(name, suite, source, metrics.TopK, classes, label_map)

@@ -4,6 +4,7 @@ against the metrics computed by hand from the model's own logits, image by image
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 
@@ -16,7 +17,7 @@ from PIL import Image
 import sequencer_jax
 from sequencer_jax import evaluate as evaluate_command
 from sequencer_jax import sharding
-from sequencer_jax.evaluation import metrics, runner
+from sequencer_jax.evaluation import metrics, runner, suites
 from sequencer_jax.inference import Classifier
 from sequencer_jax.labels import imagenet1k_wnids, imagenet_real_labels, subset_wnids
 from sequencer_jax.models import DataConfig, SequencerArch
@@ -60,9 +61,9 @@ def model_dir(tmp_path_factory):
   return path
 
 
-def _image(path, seed):
+def _image(path, seed, size=(20, 24)):
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  Image.fromarray(np.random.default_rng(seed).integers(0, 256, (20, 24, 3), np.uint8)).save(path)
+  Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size, 3), np.uint8)).save(path)
   return str(path)
 
 
@@ -84,7 +85,8 @@ def _evaluate(capsys, *argv):
 
 @pytest.mark.slow  # Compiles one step per set.
 def test_every_suite_on_folders_laid_out_as_distributed(model_dir, tmp_path, capsys):
-  classifier = Classifier.from_source(model_dir)
+  loaded = sequencer_jax.load_pretrained(model_dir)
+  classifier = Classifier(loaded)
   seed = iter(range(1000))
   val = {w: [_image(tmp_path / 'val' / w / f'{i}.JPEG', next(seed)) for i in range(3)]
          for w in WNIDS[:3]}
@@ -100,8 +102,8 @@ def test_every_suite_on_folders_laid_out_as_distributed(model_dir, tmp_path, cap
   r_set = {w: [_image(tmp_path / 'r' / w / f'{i}.jpg', next(seed)) for i in range(2)]
            for w in r_wnids}
   c_cells = [('fog', s) for s in metrics.SEVERITIES] + [('snow', 1)]
-  c_set = {(c, s): [_image(tmp_path / 'c' / c / str(s) / WNIDS[5] / f'{i}.png', next(seed))
-                    for i in range(2)] for c, s in c_cells}
+  c_set = {(c, s): [_image(tmp_path / 'c' / c / str(s) / WNIDS[5] / f'{i}.png', next(seed),
+                           (224, 224)) for i in range(2)] for c, s in c_cells}
   status, out, err = _evaluate(
       capsys, '--model', model_dir, '--eval', f'imagenet={tmp_path / "val"}',
       '--eval', f'real={tmp_path}:real', '--eval', f'imagenet_a={tmp_path / "a"}',
@@ -139,7 +141,9 @@ def test_every_suite_on_folders_laid_out_as_distributed(model_dir, tmp_path, cap
   assert results['imagenet_v2']['top5'] == pytest.approx(np.mean([y in t for y, t in v2_hits]))
   # ImageNet-C: fog complete (its CE), snow partial (no CE), so no mCE.
   c = results['imagenet_c']
-  fog_errors = [1 - np.mean([_top5(classifier, p)[0] == 5 for p in c_set['fog', s]])
+  as_given = Classifier(loaded._replace(record=dataclasses.replace(  # 224 x 224, crop_pct 1.0.
+      loaded.record, data_config=DataConfig(224, 1.0))))
+  fog_errors = [1 - np.mean([_top5(as_given, p)[0] == 5 for p in c_set['fog', s]])
                 for s in metrics.SEVERITIES]
   assert c['corruptions']['fog']['ce'] == pytest.approx(
       sum(fog_errors) / sum(metrics.ALEXNET_ERRORS['fog']))
@@ -181,3 +185,32 @@ def test_bad_evaluations_get_one_line(model_dir, tmp_path, capsys):
   with pytest.raises(SystemExit):
     evaluate_command.main(['--model', model_dir, '--eval', 'top1=somewhere'])
   assert 'NAME is one of imagenet, real' in capsys.readouterr().err
+
+
+def test_imagenet_c_images_reach_the_model_unchanged(tmp_path):
+  """validate_c.py's crop_pct 1.0: a 224 x 224 ImageNet-C file is the model's input, only
+  normalised (with the model's mean and std), whatever its data config; within 1e-6."""
+  paths = [_image(tmp_path / 'c' / 'fog' / '3' / WNIDS[7] / f'{i}.png', i, (224, 224))
+           for i in range(3)]
+  eval_set = suites.open_eval('imagenet_c', 'imagenet_c', str(tmp_path / 'c'))
+  model_config = DataConfig(input_size=256, crop_pct=0.9, interpolation='bilinear',
+                            mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+  assert eval_set.data_config(model_config) == DataConfig(224, 1.0, 'bilinear', (0.5, 0.4, 0.3),
+                                                          (0.2, 0.25, 0.3))
+  mesh = sharding.make_mesh()
+  seen = []
+
+  def recording_step(params, batch):
+    """Keeps the model's input; predicts class 0 for every image."""
+    seen.append(np.asarray(batch['image']))
+    return {'top5': np.zeros((len(seen[-1]), 5), np.int32), 'label': batch['label'],
+            'index': batch['index'], 'mask': batch['mask']}
+
+  result = runner.run_eval(recording_step, {}, eval_set, batch_size=4, data_config=model_config,
+                           mesh=mesh)
+  assert result['images'] == 3 and result['unnormalized_mce'] is None  # One cell: partial.
+  got = np.concatenate(seen)[:3]
+  for path, image in zip(sorted(paths), got):
+    pixels = np.asarray(Image.open(path), np.float32) / 255
+    expected = (pixels - model_config.mean) / model_config.std
+    np.testing.assert_allclose(image, expected, rtol=0, atol=1e-6)

@@ -71,6 +71,10 @@ def test_imagenet_c_corruption_errors_and_mce():
     assert result['corruptions'][c]['top1'] == pytest.approx(
         np.mean([accuracy[c, s] for s in metrics.SEVERITIES]))
   assert result['mce'] == pytest.approx(np.mean(list(by_hand.values())), rel=1e-12)
+  # validate_c.py's un-normalised mCE: the mean over corruptions of the mean error.
+  raw = np.mean([np.mean([1 - accuracy[c, s] for s in metrics.SEVERITIES])
+                 for c in metrics.CORRUPTIONS])
+  assert result['unnormalized_mce'] == pytest.approx(raw, rel=1e-12)
   assert result['images'] == 750 and 'partial' not in result
   assert result['top1'] == pytest.approx(np.mean(list(accuracy.values())))
 
@@ -91,7 +95,7 @@ def test_a_partial_imagenet_c_is_reported_as_partial():
   accuracy = {('fog', s): 0.5 for s in metrics.SEVERITIES}
   accuracy.update({('snow', 1): 0.9, ('snow', 2): 0.8})  # Severities missing.
   result = _corruption_metric(accuracy)
-  assert result['mce'] is None
+  assert result['mce'] is None and result['unnormalized_mce'] is None
   assert result['corruptions']['snow']['ce'] is None
   assert result['corruptions']['fog']['ce'] == pytest.approx(2.5 / sum(
       metrics.ALEXNET_ERRORS['fog']))
