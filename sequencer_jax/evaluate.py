@@ -2,12 +2,15 @@
 
   python -m sequencer_jax.evaluate --model SOURCE --eval NAME=DATASET[:SPLIT] [--eval ...]
       [--batch-size N] [--ema] [--format table|json] [--results-file F] [--data-dir DIR]
+      [--attack fgsm|pgd [--adv-eps 1] [--adv-steps 5] [--adv-step-size 0.5] [--seed 0]]
       [--[no-]progress]
 
 SOURCE is anything `sequencer_jax.load_pretrained` takes, with an ImageNet-1k head. NAME picks the
 metric: imagenet, real, imagenet_v2, imagenet_sketch, imagenet_a, imagenet_r or imagenet_c.
 DATASET is a folder laid out as the set is distributed or a TFDS name (see evaluation/suites.py).
---results-file appends one CSV row per evaluation, as timm's validate.py does. Progress goes to
+--results-file appends one CSV row per evaluation, as timm's validate.py does. --attack evaluates
+on adversarial images, as the original's validate.py --attack-type does (evaluation/attacks.py):
+eps and step sizes in 1/255 of the [0, 1] range. Progress goes to
 stderr when it is a terminal (each set: images done of its total, images/s, time left, running
 top-1 and top-5); the results go to stdout.
 """
@@ -31,7 +34,7 @@ from sequencer_jax import pretrained, progress
 from sequencer_jax.data import cpu_only
 from sequencer_jax.data.image_header import MAX_PIXELS
 from sequencer_jax.errors import DatasetError
-from sequencer_jax.evaluation import metrics, runner, suites
+from sequencer_jax.evaluation import attacks, metrics, runner, suites
 from sequencer_jax.models import abstract_params
 from sequencer_jax import sharding
 
@@ -65,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--data-dir', help='the TFDS data_dir')
   p.add_argument('--max-pixels', type=int, default=MAX_PIXELS,
                  help=f'skip images whose header claims more pixels (default {MAX_PIXELS:,})')
+  p.add_argument('--attack', choices=('fgsm', 'pgd'),
+                 help='evaluate on adversarial images (untargeted, L-infinity)')
+  p.add_argument('--adv-eps', type=float, default=1.0, help='the attack\'s eps, in 1/255 (1)')
+  p.add_argument('--adv-steps', type=int, default=5, help='PGD steps (5)')
+  p.add_argument('--adv-step-size', type=float, default=0.5, help='PGD step, in 1/255 (0.5)')
+  p.add_argument('--seed', type=int, default=0, help="PGD's random start (0)")
   progress.add_flag(p)
   return p
 
@@ -79,6 +88,10 @@ def _table(results: dict[str, dict[str, Any]], datasets: dict[str, str]) -> str:
     for corruption, c in r.get('corruptions', {}).items():
       ce = 'partial' if c['ce'] is None else f'CE {100 * c["ce"]:.2f}'
       lines.append(f'  {corruption:<22} top-1 {100 * c["top1"]:.3f}  {ce}')
+    if 'attack' in r:
+      lines.append('  on adversarial images: ' + ', '.join(
+          f'{k} {v}' for k, v in r.items() if k in ('attack', 'eps', 'steps', 'step_size',
+                                                    'seed')) + ' (eps and steps in 1/255)')
     if 'partial' in r:
       lines.append(f'  partial set, no mCE; missing or incomplete: '
                    f'{", ".join(r["partial"]["missing"]) or "none"}')
@@ -115,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.error('--batch-size and --max-pixels must be positive')
   logging.getLogger('absl').setLevel(logging.ERROR)  # orbax's notes on read-only managers.
   cpu_only.keep_tensorflow_on_the_cpu()
+  try:
+    attack = None if args.attack is None else attacks.Attack(
+        args.attack, args.adv_eps, args.adv_steps, args.adv_step_size, args.seed)
+  except ValueError as e:
+    parser.error(str(e))
   mesh = sharding.make_mesh()
   if args.batch_size % mesh.size:
     parser.error(f'--batch-size {args.batch_size} must be a multiple of the {mesh.size} devices')
@@ -133,11 +151,14 @@ def main(argv: list[str] | None = None) -> int:
   results = {}
   for eval_set in sets:
     step = runner.make_predict_step(model, mesh=mesh, params_sharding=params_sharding,
-                                    classes=eval_set.classes)
+                                    classes=eval_set.classes, attack=attack,
+                                    data_config=record.data_config)
     with progress.bar(eval_set.source.num_examples, eval_set.name, 'img', args.progress) as bar:
       results[eval_set.name] = runner.run_eval(
           step, params, eval_set, batch_size=args.batch_size, data_config=record.data_config,
           mesh=mesh, max_pixels=args.max_pixels, on_batch=_reporter(bar))
+    if attack:
+      results[eval_set.name].update(attack.describe())
   datasets = {name: dataset + (f':{split}' if split else '') for name, dataset, split in args.evals}
   if args.results_file:
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables['params']))

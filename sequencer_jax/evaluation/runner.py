@@ -3,6 +3,7 @@ the host. Every evaluation uses it: the evaluate command's suites and training's
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,8 @@ from jax.sharding import Mesh
 
 from sequencer_jax import sharding
 from sequencer_jax.data import image_header, pipeline
+from sequencer_jax.evaluation import attacks
+from sequencer_jax.evaluation.attacks import Attack
 from sequencer_jax.evaluation.metrics import Metric
 from sequencer_jax.evaluation.suites import EvalSet
 from sequencer_jax.models import DataConfig
@@ -22,15 +25,31 @@ PredictStep = Callable[[Any, dict], dict]
 
 
 def make_predict_step(model: nn.Module, *, mesh: Mesh, params_sharding: Any,
-                      classes: tuple[int, ...] | None = None,
-                      with_loss: bool = False) -> PredictStep:
+                      classes: tuple[int, ...] | None = None, with_loss: bool = False,
+                      attack: Attack | None = None,
+                      data_config: DataConfig = DataConfig()) -> PredictStep:
   """The jitted `(params, batch) -> {'top5', 'label', 'index', 'mask'}`, replicated on every
   process: each image's five best classes (within `classes` when given), best first, and with
-  `with_loss` its cross-entropy against its label (`loss`, float32)."""
+  `with_loss` its cross-entropy against its label (`loss`, float32).
+
+  With `attack`, each image is first perturbed against its label on the full logits, in [0, 1]
+  pixels: the batch's images, normalised with `data_config`'s mean and std, are taken back to
+  [0, 1], attacked through the normalisation, and normalised again."""
   subset = None if classes is None else jnp.asarray(classes)
+  mean, std = jnp.asarray(data_config.mean), jnp.asarray(data_config.std)
+
+  def summed_cross_entropy(params: Any, pixels: jax.Array, labels: jax.Array) -> jax.Array:
+    logits = model.apply({'params': params}, (pixels - mean) / std).astype(jnp.float32)
+    log_probs = jax.nn.log_softmax(logits)
+    return -jnp.take_along_axis(log_probs, labels[:, None], axis=-1).sum()
 
   def step(params: Any, batch: dict) -> dict:
-    logits = model.apply({'params': params}, batch['image']).astype(jnp.float32)
+    images = batch['image']
+    if attack is not None:
+      loss = functools.partial(summed_cross_entropy, params)
+      pixels = attacks.perturb(attack, loss, images * std + mean, batch['label'], batch['index'])
+      images = (pixels - mean) / std
+    logits = model.apply({'params': params}, images).astype(jnp.float32)
     out = {'label': batch['label'], 'index': batch['index'], 'mask': batch['mask']}
     if with_loss:
       log_probs = jax.nn.log_softmax(logits)
