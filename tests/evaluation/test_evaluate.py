@@ -214,3 +214,41 @@ def test_imagenet_c_images_reach_the_model_unchanged(tmp_path):
     pixels = np.asarray(Image.open(path), np.float32) / 255
     expected = (pixels - model_config.mean) / model_config.std
     np.testing.assert_allclose(image, expected, rtol=0, atol=1e-6)
+
+
+def test_a_resolution_sweep_gives_a_result_per_size_and_a_plot(model_dir, tmp_path, capsys):
+  for i, wnid in enumerate(WNIDS[:2]):
+    for j in range(2):
+      _image(tmp_path / 'val' / wnid / f'{j}.JPEG', 2 * i + j, (40, 48))
+  argv = ['--model', model_dir, '--eval', f'imagenet={tmp_path / "val"}', '--batch-size', 2,
+          '--crop-pct', 0.8, '--interpolation', 'bilinear']
+  plot = tmp_path / 'sweep.png'
+  status, out, err = _evaluate(capsys, *argv, '--img-size', 16, 24, 32, '--format', 'json',
+                               '--plot', plot)
+  assert status == 0, err
+  results = json.loads(out)
+  assert sorted(results) == ['imagenet@16', 'imagenet@24', 'imagenet@32']
+  for size in (16, 24, 32):
+    r = results[f'imagenet@{size}']
+    assert (r['input_size'], r['crop_pct'], r['interpolation'], r['images']) == (
+        size, 0.8, 'bilinear', 4)
+  # Each size is the model's own evaluation at that data config.
+  record = sequencer_jax.load_pretrained(model_dir).record
+  at_24 = Classifier(sequencer_jax.load_pretrained(model_dir)._replace(record=dataclasses.replace(
+      record, data_config=DataConfig(24, 0.8, 'bilinear'))))
+  hits = [_top5(at_24, p)[0] == WNIDS.index(w) for w in WNIDS[:2]
+          for p in sorted(str(q) for q in (tmp_path / 'val' / w).iterdir())]
+  assert results['imagenet@24']['top1'] == pytest.approx(np.mean(hits))
+  with Image.open(plot) as picture:
+    assert picture.format == 'PNG' and picture.size[0] > 100
+  # One size keeps the plain name; refusals come before any work.
+  status, out, _ = _evaluate(capsys, *argv, '--img-size', 24, '--format', 'json')
+  assert list(json.loads(out)) == ['imagenet'] and json.loads(out)['imagenet'] == results[
+      'imagenet@24']
+  for extra, message in [(['--img-size', 16, '--plot', plot], 'already exists'),
+                         (['--img-size', 16, 16], 'distinct positive sizes'),
+                         (['--eval', f'imagenet_c={tmp_path}', '--img-size', 16],
+                          'do not apply to imagenet_c')]:
+    with pytest.raises(SystemExit):
+      evaluate_command.main([str(a) for a in [*argv, *extra]])
+    assert message in capsys.readouterr().err
