@@ -234,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
   try:
     sets = [suites.open_eval(name, name, dataset, split, args.data_dir)
             for name, dataset, split in args.evals]
+    unlabelled = [s.name for s in sets if attack and not s.labelled]
+    if unlabelled:
+      raise DatasetError(f'{unlabelled[0]}: an attack needs each image\'s ImageNet label, and '
+                         f'flat ReaL images have none; sort them into WordNet-id folders')
     loaded = pretrained.load_pretrained(args.model, ema=args.ema)
     if loaded.record.num_classes != 1000:
       raise DatasetError(f'{args.model} has {loaded.record.num_classes} classes; the ImageNet '

@@ -60,6 +60,7 @@ class EvalSet:
   label_map: np.ndarray | None = None
   with_loss: bool = False  # The labels are the model's classes: the metric gets each loss.
   fixed_size: int | None = None  # Images distributed cropped at this size, fed unchanged.
+  labelled: bool = True  # Each image's ImageNet-1k label is known (flat ReaL folders: not).
 
   def data_config(self, model: DataConfig) -> DataConfig:
     """The transform of this set's images for a model whose eval transform is `model`."""
@@ -94,15 +95,20 @@ def _wnid_folder(root: str, allowed: tuple[str, ...] | None = None) -> FolderSpl
                      imagenet1k_wnids())
 
 
-def _real_folder(root: str) -> tuple[FolderSplit, list[tuple[int, ...]]]:
-  """ImageNet's validation images under their ILSVRC2012 names, and their ReaL label sets."""
+def _real_folder(root: str) -> tuple[FolderSplit, list[tuple[int, ...]], bool]:
+  """ImageNet's validation images under their ILSVRC2012 names, their ReaL label sets, and
+  whether their original labels are known (images in WordNet-id folders; flat: label 0)."""
   paths = sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files
                  if _REAL_FILE.match(f))
   if not paths:
     raise DatasetError(f'{root} holds no ILSVRC2012_val_*.JPEG files, which key ReaL\'s labels')
   real = imagenet_real_labels()
   sets = [real[int(_REAL_FILE.match(os.path.basename(p))[1]) - 1] for p in paths]
-  return FolderSplit(tuple(paths), (0,) * len(paths), imagenet1k_wnids()), sets
+  index = _wnid_index()
+  labels = [index.get(os.path.basename(os.path.dirname(p))) for p in paths]
+  known = None not in labels
+  return (FolderSplit(tuple(paths), tuple(labels) if known else (0,) * len(paths),
+                      imagenet1k_wnids()), sets, known)
 
 
 def _corruption_folder(root: str) -> tuple[FolderSplit, list[str], list[int]]:
@@ -155,9 +161,9 @@ def open_eval(name: str, suite: str, dataset: str, split: str | None = None,
     if not os.path.isdir(root):
       raise DatasetError(f'{root} does not exist')
     if suite == 'real':
-      split_files, sets = _real_folder(root)
+      split_files, sets, known = _real_folder(root)
       return EvalSet(name, suite, sources.FolderSource(split_files),
-                     functools.partial(metrics.RealAccuracy, sets))
+                     functools.partial(metrics.RealAccuracy, sets), labelled=known)
     if suite == 'imagenet_c':
       split_files, corruptions, severities = _corruption_folder(root)
       return EvalSet(name, suite, sources.FolderSource(split_files),

@@ -18,7 +18,7 @@ from PIL import Image
 import sequencer_jax
 from sequencer_jax import evaluate as evaluate_command
 from sequencer_jax import sharding
-from sequencer_jax.evaluation import attacks, runner
+from sequencer_jax.evaluation import attacks, runner, suites
 from sequencer_jax.labels import imagenet1k_wnids
 from sequencer_jax.models import DataConfig, Sequencer, SequencerArch
 from sequencer_jax.weights.timm_check import timm_sequencer
@@ -156,3 +156,18 @@ def test_evaluate_on_adversarial_images_says_so_and_repeats(tmp_path, capsys):
   with pytest.raises(SystemExit):
     evaluate_command.main([*argv, '--adv-steps', '0'])
   assert 'steps 0 >= 1' in capsys.readouterr().err
+
+
+def test_real_is_attacked_against_each_images_label(tmp_path, capsys):
+  """ReaL's images carry their ImageNet label when sorted into WordNet-id folders; flat ones
+  carry none, and an attack on them is refused in one line."""
+  wnid = imagenet1k_wnids()[9]
+  for folder in (tmp_path / 'sorted' / wnid, tmp_path / 'flat'):
+    folder.mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / 'ILSVRC2012_val_00000002.JPEG')
+  assert suites.open_eval('real', 'real', str(tmp_path / 'sorted')).source.split.labels == (9,)
+  assert not suites.open_eval('real', 'real', str(tmp_path / 'flat')).labelled
+  assert evaluate_command.main(['--model', 'unused', '--eval', f'real={tmp_path / "flat"}',
+                                '--attack', 'fgsm']) == 1
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and 'flat ReaL images have none' in err
