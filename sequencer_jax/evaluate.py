@@ -145,8 +145,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     parser.error('each NAME may be given once')
   if args.batch_size < 1 or args.max_pixels < 1:
     parser.error('--batch-size and --max-pixels must be positive')
-  if any(size < 1 for size in args.img_size or ()) or len(set(args.img_size or ())) != len(
-      args.img_size or ()):
+  sizes = args.img_size or []
+  if any(size < 1 for size in sizes) or len(set(sizes)) != len(sizes):
     parser.error('--img-size takes distinct positive sizes')
   if (args.img_size or args.crop_pct is not None) and 'imagenet_c' in names:
     parser.error("--img-size and --crop-pct do not apply to imagenet_c: its 224 x 224 images "

@@ -219,7 +219,8 @@ def test_named_evaluations_with_an_imagenet_suite(dataset, tmp_path, capsys):
                                 f'imagenet={tmp_path / "wn"}', '--batch-size', '8',
                                 '--format', 'json']) == 0
   command = json.loads(capsys.readouterr().out)['imagenet']
-  assert metrics['evals']['imagenet'] == command
+  assert (command['input_size'], command['crop_pct']) == (16, 1.0)  # The data config it used.
+  assert metrics['evals']['imagenet'] == {k: command[k] for k in metrics['evals']['imagenet']}
   with open(tmp_path / 'eval' / 'metrics.jsonl') as f:
     assert sorted(json.loads(line)['kind'] for line in f) == ['eval/imagenet', 'eval/val']
   # A suite on a head that is not ImageNet-1k's, or a best_eval that is not named: refused.
