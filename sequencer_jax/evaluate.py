@@ -192,7 +192,7 @@ def _plot(results: dict[str, dict[str, Any]], keys: dict[str, tuple[str, int | N
 
 
 def _evaluate(args: argparse.Namespace, sets: list[suites.EvalSet], loaded: pretrained.Pretrained,
-              attack: attacks.Attack | None, mesh: Any
+              configs: dict[int | None, DataConfig], attack: attacks.Attack | None, mesh: Any
               ) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[str, int | None]]]:
   """Every set at every data config: the results by key (NAME, or NAME@SIZE in a sweep) and
   each key's (NAME, size)."""
@@ -204,7 +204,7 @@ def _evaluate(args: argparse.Namespace, sets: list[suites.EvalSet], loaded: pret
     step = runner.make_predict_step(model, mesh=mesh, params_sharding=params_sharding,
                                     classes=eval_set.classes, attack=attack,
                                     data_config=record.data_config)
-    for size, config in _configs(record.data_config, args).items():
+    for size, config in configs.items():
       key = eval_set.name if size is None else f'{eval_set.name}@{size}'
       with progress.bar(eval_set.source.num_examples, key, 'img', args.progress) as bar:
         result = runner.run_eval(step, params, eval_set, batch_size=args.batch_size,
@@ -242,11 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     if loaded.record.num_classes != 1000:
       raise DatasetError(f'{args.model} has {loaded.record.num_classes} classes; the ImageNet '
                          f'suites need an ImageNet-1k head (1000 classes)')
-    _configs(loaded.record.data_config, args)  # A bad --crop-pct is refused before evaluating.
+    configs = _configs(loaded.record.data_config, args)  # A bad --crop-pct fails here.
   except (DatasetError, pretrained.SourceError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
-  results, keys = _evaluate(args, sets, loaded, attack, mesh)
+  results, keys = _evaluate(args, sets, loaded, configs, attack, mesh)
   datasets = {name: dataset + (f':{split}' if split else '') for name, dataset, split in args.evals}
   datasets = {key: datasets[name] for key, (name, _) in keys.items()}
   if args.results_file:

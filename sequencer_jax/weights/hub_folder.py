@@ -65,7 +65,7 @@ def timm_config(record: ModelRecord) -> dict[str, Any]:
   return config
 
 
-def _architecture_line(record: ModelRecord, config: dict[str, Any]) -> str:
+def _architecture_line(config: dict[str, Any]) -> str:
   if 'model_args' not in config:
     return f"{config['architecture']} (timm's own)"
   args = ', '.join(f'{key}={value}' for key, value in config['model_args'].items())
@@ -87,7 +87,7 @@ def model_card(record: ModelRecord, config: dict[str, Any], params: Any, title: 
   data = record.data_config
   details = [
       ('Model type', 'Image classification'),
-      ('Architecture', _architecture_line(record, config)),
+      ('Architecture', _architecture_line(config)),
       ('Parameters (M)', f'{count / 1e6:.2f}'),
       ('Classes', _classes_line(record)),
       ('Image size', f'{data.input_size} x {data.input_size}'),
