@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,6 +18,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from sequencer_jax import storage
 from sequencer_jax.labels import imagenet1k_names
 from sequencer_jax.models import DataConfig, Sequencer, SequencerArch, abstract_params, model_info
 from sequencer_jax.models.registry import list_models, name_for_arch
@@ -31,37 +31,12 @@ class ModelFormatError(ValueError):
   """A model directory that is missing, incomplete, of another format version or not ours."""
 
 
-def _is_orphaned_read_report(report: Any) -> bool:
-  """A read still in flight after its restore failed, completing into the closed event loop."""
-  return (isinstance(report.exc_value, RuntimeError)
-          and str(report.exc_value) == 'Event loop is closed')
-
-
-def _drop_orphaned_read_reports() -> None:
-  """Keep the reads a failed restore leaves in flight from filling stderr with tracebacks.
-
-  When one array of an orbax restore fails, orbax closes its event loop while TensorStore still
-  completes the other reads; each completion reports "Event loop is closed" as an unraisable
-  exception, interleaved with the one line that names the damage. Only those reports are dropped.
-  """
-  previous = sys.unraisablehook
-  if getattr(previous, 'drops_orphaned_reads', False):
-    return
-
-  def hook(report: Any) -> None:
-    if not _is_orphaned_read_report(report):
-      previous(report)
-
-  hook.drops_orphaned_reads = True
-  sys.unraisablehook = hook
-
-
 def failed_read_reason(error: Exception) -> str:
   """The first line of a failed orbax/TensorStore read, without its long spec dump.
 
   Call it where a restore failed: it also silences that restore's orphaned reads.
   """
-  _drop_orphaned_read_reports()
+  storage.quiet_io_failures()
   return str(error).splitlines()[0].split(' See full TensorStore details')[0][:300]
 
 

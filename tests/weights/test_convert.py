@@ -8,7 +8,6 @@ import pickle
 import re
 import subprocess
 import sys
-import types
 
 import jax
 import numpy as np
@@ -244,19 +243,6 @@ def test_a_damaged_model_directory_is_named(tmp_path, timm_pth):
   assert ('do not match its architecture with 1000 classes, or are damaged' in load.stderr
           or 'its model record cannot be read, the directory is damaged' in load.stderr)
   assert 'Event loop is closed' not in load.stderr, load.stderr[-2000:]
-
-
-def test_a_failed_read_drops_only_its_orphaned_read_reports(monkeypatch):
-  seen = []
-  monkeypatch.setattr(sys, 'unraisablehook', seen.append)
-  reason = model_format.failed_read_reason(ValueError('OUT_OF_RANGE: bad bytes\nspec dump'))
-  assert reason == 'OUT_OF_RANGE: bad bytes'
-  model_format.failed_read_reason(ValueError('again'))  # Installs the filter once.
-  orphan = types.SimpleNamespace(exc_value=RuntimeError('Event loop is closed'))
-  other = types.SimpleNamespace(exc_value=RuntimeError('something else'))
-  sys.unraisablehook(orphan)
-  sys.unraisablehook(other)
-  assert seen == [other]
 
 
 def test_load_pretrained_refuses_what_is_not_a_model_source(tmp_path):
