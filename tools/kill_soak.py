@@ -60,7 +60,8 @@ def soak_config(changes: dict[str, Any]) -> ml_collections.ConfigDict:
   return config
 
 
-def _command(workdir: str, changes: dict[str, Any]) -> list[str]:
+def train_command(workdir: str, changes: dict[str, Any]) -> list[str]:
+  """`main.py` on configs/demo.py with `changes`, training into `workdir`."""
   return [sys.executable, os.path.join(REPO, 'main.py'), f'--config={DEMO_CONFIG}',
           f'--workdir={workdir}'] + [f'--config.{k}={v}' for k, v in changes.items()]
 
@@ -106,7 +107,7 @@ def _last_logged_step(workdir: str, offset: int) -> int:
   return steps[-1]
 
 
-class _Restorer:
+class Restorer:
   """Restores checkpoints of the soak's run in this process, checking each one."""
 
   def __init__(self, config: ml_collections.ConfigDict, steps_per_epoch: int):
@@ -214,7 +215,7 @@ def run_soak(soak_dir: str, *, kills: int, epochs: int, train_per_class: int = 4
   changes = soak_overrides(dataset, epochs)
   config = soak_config(changes)
   steps_per_epoch = train_per_class * config.model.num_classes // config.global_batch_size
-  restorer = _Restorer(config, steps_per_epoch)
+  restorer = Restorer(config, steps_per_epoch)
   env = worker_environment(os.path.join(soak_dir, 'compilation_cache'))
   workdir = os.path.join(soak_dir, 'killed')
   report = SoakReport(kills_requested=kills)
@@ -226,7 +227,7 @@ def run_soak(soak_dir: str, *, kills: int, epochs: int, train_per_class: int = 4
     log_path = os.path.join(soak_dir, f'start_{round_index:02d}.log')
     log_offset = _metrics_size(workdir)
     killed, writing = _run(
-        _command(workdir, changes), env, log_path,
+        train_command(workdir, changes), env, log_path,
         kill_after=None if last_round or mid_write else rng.uniform(0, max_delay_s),
         kill_at_write=None if last_round or not mid_write else rng.randint(1, 3),
         workdir=workdir, timeout_s=timeout_s)
@@ -262,7 +263,7 @@ def run_soak(soak_dir: str, *, kills: int, epochs: int, train_per_class: int = 4
   report.final_step = checkpoint_entries(workdir)[0][-1]
   if compare:
     reference = os.path.join(soak_dir, 'uninterrupted')
-    _run(_command(reference, changes), env, os.path.join(soak_dir, 'uninterrupted.log'),
+    _run(train_command(reference, changes), env, os.path.join(soak_dir, 'uninterrupted.log'),
          kill_after=None, kill_at_write=None, workdir=reference, timeout_s=timeout_s)
     want = restorer.restore(reference, report.final_step).params
     got = restorer.restore(workdir, report.final_step).params

@@ -13,13 +13,16 @@ The data position needs no saving: the input pipeline is a pure function of the 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from sequencer_jax import storage
 from sequencer_jax.errors import CheckpointError
+from sequencer_jax.train.workdir_lock import WorkdirLock
 from sequencer_jax.weights.workdir import CHECKPOINT_ITEMS, damaged, unreadable_arrays
 
 
@@ -43,13 +46,19 @@ class TrainCheckpoints:
 
   `restore` refuses a checkpoint of another run (its record differs) or a damaged one, and
   changes nothing. `read_only` opens for restoring only (no directories created, no leftovers of
-  cut writes removed).
+  cut writes removed). A write that fails for want of space, quota or permission is raised as a
+  `storage.WriteFailure` naming its checkpoint. `lock`, the run's hold on the workdir, is checked
+  before each save.
   """
 
   def __init__(self, workdir: str, record: dict[str, Any], keep: int, *,
-               read_only: bool = False):
-    self.record = record
+               read_only: bool = False, lock: WorkdirLock | None = None):
+    self.record, self.lock = record, lock
+    self.failed = False  # Whether a write has failed.
+    self._in_flight: dict[int, int] = {}  # id(manager) -> the step of its save in flight.
     root = os.path.abspath(workdir)
+    if not read_only:
+      storage.quiet_io_failures()
     # A write cut short leaves a temporary directory, never a step: removed at the next start.
     writable = {'create': True, 'cleanup_tmp_directories': True}
     common = {'enable_async_checkpointing': True,
@@ -73,14 +82,46 @@ class TrainCheckpoints:
                               run=ocp.args.JsonSave(self.record),
                               checksums=ocp.args.JsonSave(checksums(state)))
 
+  def _check_lock(self) -> None:
+    if self.lock is not None:
+      self.lock.check()
+
+  def _what(self, manager: ocp.CheckpointManager, step: int | None) -> str:
+    if manager is self.best:
+      return f'the best checkpoint (step {step})'
+    return f'checkpoint {step}'
+
+  def _write(self, manager: ocp.CheckpointManager, step: int | None,
+             action: Callable[[], Any]) -> Any:
+    """`action()`, with a storage failure raised as a `WriteFailure` naming checkpoint `step`."""
+    try:
+      with storage.writing(self._what(manager, step), str(manager.directory)):
+        return action()
+    except storage.WriteFailure:
+      self.failed = True
+      raise
+
+  def _finish(self, manager: ocp.CheckpointManager) -> None:
+    """Waits for `manager`'s save in flight."""
+    self._write(manager, self._in_flight.pop(id(manager), None), manager.wait_until_finished)
+
   def save(self, step: int, state: Any) -> None:
     """Starts an asynchronous save of `state` as step `step` (a no-op if already saved)."""
-    if step not in self.latest.all_steps():
-      self.latest.save(step, args=self._args(state), force=True)
+    if step in self.latest.all_steps():
+      return
+    self._check_lock()
+    self._finish(self.latest)
+    self._write(self.latest, step, lambda: self.latest.save(step, args=self._args(state),
+                                                            force=True))
+    self._in_flight[id(self.latest)] = step
 
   def save_best(self, step: int, state: Any, top1: float) -> None:
     """Keeps `state` in best/ if `top1` beats the best kept there."""
-    self.best.save(step, args=self._args(state), metrics={'top1': float(top1)}, force=True)
+    self._check_lock()
+    self._finish(self.best)
+    if self._write(self.best, step, lambda: self.best.save(
+        step, args=self._args(state), metrics={'top1': float(top1)}, force=True)):
+      self._in_flight[id(self.best)] = step
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
@@ -116,11 +157,22 @@ class TrainCheckpoints:
 
   def wait(self) -> None:
     """Blocks until every save started has been written."""
-    self.latest.wait_until_finished()
-    self.best.wait_until_finished()
+    self._finish(self.latest)
+    self._finish(self.best)
 
   def close(self) -> None:
-    """Waits for the saves started, then releases the managers."""
-    self.wait()
-    self.latest.close()
-    self.best.close()
+    """Waits for the saves started, then releases the managers. Once a write has failed, the
+    same fault met again on the way out is not raised a second time."""
+    failed_before = self.failed
+    try:
+      self.wait()
+    except storage.WriteFailure:
+      if not failed_before:
+        raise
+    finally:
+      for manager in (self.latest, self.best):
+        try:
+          manager.close()
+        except Exception:  # noqa: BLE001 - orbax re-raises its threads' errors.
+          if not self.failed:
+            raise

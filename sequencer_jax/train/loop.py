@@ -19,7 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from sequencer_jax import pretrained, sharding
+from sequencer_jax import pretrained, sharding, storage
 from sequencer_jax.data import pipeline, sources
 from sequencer_jax.errors import CheckpointError, DatasetError
 from sequencer_jax.models import Sequencer, abstract_params, replace_head
@@ -32,6 +32,8 @@ from sequencer_jax.train.evaluations import Evaluations, scalars
 from sequencer_jax.train.preemption import Preemption
 from sequencer_jax.train.run_log import RunLog, log
 from sequencer_jax.train.state import TrainState, abstract_train_state, create_train_state
+from sequencer_jax.train.workdir_lock import WorkdirLockError, hold
+from sequencer_jax.weights.workdir import complete_steps
 
 
 class TrainingError(RuntimeError):
@@ -40,7 +42,7 @@ class TrainingError(RuntimeError):
 
 # Errors in a run's inputs (config, data, checkpoints, workdir), each with a message that says
 # what is wrong: main.py prints the message alone.
-INPUT_ERRORS = (TrainingError, ConfigError, CheckpointError, DatasetError)
+INPUT_ERRORS = (TrainingError, ConfigError, CheckpointError, DatasetError, WorkdirLockError)
 
 
 def init_params(config: ml_collections.ConfigDict, model: Sequencer, *,
@@ -117,6 +119,27 @@ def _oom_message(error: Exception, config: ml_collections.ConfigDict, mesh) -> s
           f'(global batch {config.global_batch_size}, {mesh.size} devices, grad_accum_steps '
           f'{config.grad_accum_steps}). Raise grad_accum_steps (the same update in smaller '
           f'pieces), set model.remat=True, or lower the global batch. ({error})')
+
+
+def _write_failure_message(failure: storage.WriteFailure, workdir: str) -> str:
+  steps = complete_steps(os.path.join(os.path.abspath(workdir), 'checkpoints'))
+  newest = (f'the newest complete checkpoint is {steps[-1]}' if steps
+            else 'no checkpoint is complete yet')
+  return f'{failure}; {newest}; {failure.remedy} and start again to resume'
+
+
+def stop_message(error: Exception, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                 workdir: str) -> str | None:
+  """The one line for a failed write or, from XLA, for device memory exhausted (a storage
+  RESOURCE_EXHAUSTED is never taken for it); None for any other error."""
+  code = storage.write_failure(error)
+  if code is not None:
+    if not isinstance(error, storage.WriteFailure):
+      error = storage.WriteFailure('a file', os.path.abspath(workdir), code)
+    return _write_failure_message(error, workdir)
+  if isinstance(error, jax.errors.JaxRuntimeError) and 'RESOURCE_EXHAUSTED' in str(error):
+    return _oom_message(error, config, mesh)
+  return None
 
 
 def _check_batch_sizes(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
@@ -266,7 +289,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, model: Sequencer,
   """Training from the newest checkpoint (or the start) to the end; see `train_and_evaluate`."""
   source, every = _open_training(config)
   optimizer, schedule = build_optimizer(config, every.steps_per_epoch)
-  checkpoints = TrainCheckpoints(workdir, run_record(config), config.keep_checkpoints)
+  checkpoints = TrainCheckpoints(workdir, run_record(config), config.keep_checkpoints,
+                                 lock=cleanup.enter_context(hold(workdir)))
   cleanup.callback(checkpoints.close)
   state, shardings = _initial_state(config, model, optimizer, mesh, checkpoints)
   logger = RunLog(workdir)
@@ -331,7 +355,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   try:
     with contextlib.ExitStack() as cleanup:  # Closed on every way out, errors included.
       return _train(config, workdir, model, mesh, evaluations, cleanup)
-  except jax.errors.JaxRuntimeError as e:  # Raised where a result is first awaited.
-    if 'RESOURCE_EXHAUSTED' in str(e):
-      raise TrainingError(_oom_message(e, config, mesh)) from None
-    raise
+  except (storage.WriteFailure, jax.errors.JaxRuntimeError) as e:
+    message = stop_message(e, config, mesh, workdir)
+    if message is None:
+      raise
+    raise TrainingError(message) from None

@@ -6,6 +6,7 @@ hours and minutes) is clu's `ReportProgress`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -13,6 +14,8 @@ from typing import Any
 
 import jax
 from clu import metric_writers, periodic_actions
+
+from sequencer_jax import storage
 
 log = logging.getLogger('sequencer_jax.train')
 
@@ -23,14 +26,20 @@ class RunLog:
   def __init__(self, workdir: str):
     self.main = jax.process_index() == 0
     self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.main)
-    self.jsonl = os.path.join(workdir, 'metrics.jsonl')
+    self.workdir = os.path.abspath(workdir)
+    self.jsonl = os.path.join(self.workdir, 'metrics.jsonl')
 
   def write(self, step: int, kind: str, scalars: dict[str, float]) -> None:
     """Writes `scalars` under `kind/` to TensorBoard and as one JSON line."""
-    self.writer.write_scalars(step, {f'{kind}/{k}': v for k, v in scalars.items()})
+    with self._writing_events():
+      self.writer.write_scalars(step, {f'{kind}/{k}': v for k, v in scalars.items()})
     if self.main:
-      with open(self.jsonl, 'a') as f:
+      with storage.writing('metrics', self.jsonl), open(self.jsonl, 'a') as f:
         f.write(json.dumps({'step': step, 'kind': kind, **scalars}) + '\n')
+
+  def _writing_events(self) -> contextlib.AbstractContextManager[None]:
+    """A failed write of TensorBoard events (clu raises it at a later call) named as such."""
+    return storage.writing('TensorBoard events', self.workdir)
 
   def info(self, message: str, *args: Any) -> None:
     """A console line, from process 0 only."""
@@ -45,5 +54,6 @@ class RunLog:
         writer=self.writer if self.main else None)
 
   def close(self) -> None:
-    self.writer.flush()
-    self.writer.close()
+    with self._writing_events():
+      self.writer.flush()
+      self.writer.close()

@@ -10,6 +10,7 @@ import jax
 import ml_collections
 from jax.experimental import multihost_utils
 
+from sequencer_jax import storage
 from sequencer_jax.data import sources, synthetic
 from sequencer_jax.labels import readable_names
 from sequencer_jax.models import DataConfig, Sequencer
@@ -53,9 +54,10 @@ def write_model_record(record: ModelRecord, workdir: str) -> None:
     text = json.dumps(record.to_json(), indent=2)
     path = os.path.join(workdir, MODEL_JSON)
     tmp = f'{path}.tmp'
-    with open(tmp, 'w') as f:
-      f.write(text)
-    os.replace(tmp, path)
+    with storage.writing('the model record', path):
+      with open(tmp, 'w') as f:
+        f.write(text)
+      os.replace(tmp, path)
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str, step: int,
@@ -73,5 +75,5 @@ def write_config(config: ml_collections.ConfigDict, workdir: str, step: int,
       if f.read() == text:
         return
     path = os.path.join(workdir, f'config.resumed_at_step_{step}.json')
-  with open(path, 'w') as f:
+  with storage.writing("the run's config", path), open(path, 'w') as f:
     f.write(text)

@@ -83,7 +83,8 @@ def _validation_top1(directory: str, step: int) -> float | None:
   return float(metrics['top1']) if 'top1' in metrics else None
 
 
-def _steps(directory: str) -> list[int]:
+def complete_steps(directory: str) -> list[int]:
+  """The steps of the complete checkpoints in `directory`, oldest first (none if missing)."""
   if not os.path.isdir(directory):
     return []
   manager = _read_only_manager(directory)
@@ -119,10 +120,10 @@ def _choose(root: str, last: bool, step: int | None) -> tuple[str, str, int]:
   """(directory, which, step): the run's model (see the module docstring), or the one asked."""
   checkpoints = os.path.join(root, 'checkpoints')
   if step is None and not last:
-    best = _steps(os.path.join(root, 'best'))
+    best = complete_steps(os.path.join(root, 'best'))
     if best:
       return os.path.join(root, 'best'), 'best', best[-1]
-  steps = _steps(checkpoints)
+  steps = complete_steps(checkpoints)
   if not steps:
     raise CheckpointError(f'{root} holds no checkpoint in checkpoints/ or best/: it is not a '
                           f'training workdir, or the run saved no checkpoint yet')

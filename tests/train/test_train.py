@@ -18,7 +18,7 @@ import pytest
 from snapshot import snapshot
 from tiny_run import restore_params, tiny_config
 
-from sequencer_jax import ModelRecord, models, save_model
+from sequencer_jax import ModelRecord, models, save_model, sharding
 from sequencer_jax.errors import CheckpointError
 from sequencer_jax.models import DataConfig, abstract_params
 from sequencer_jax.train import config as train_config
@@ -163,6 +163,22 @@ def test_out_of_memory_names_the_per_device_batch_and_changes_no_checkpoint(data
                                                 r'the global batch'):
     loop.train_and_evaluate(config, workdir)
   assert snapshot(os.path.join(workdir, 'checkpoints')) == before
+
+
+def test_a_storage_resource_exhausted_is_never_taken_for_device_memory(tmp_path):
+  config, mesh = tiny_config('unused'), sharding.make_mesh()
+  storage_full = jax.errors.JaxRuntimeError(
+      'RESOURCE_EXHAUSTED: Error writing local file "x/checkpoints/4.orbax-checkpoint-tmp/d": '
+      "Failed to write 512 bytes to file 5: No space left on device [os_error_code='28']")
+  assert loop.stop_message(storage_full, config, mesh, str(tmp_path)) == (
+      f'a file could not be written to {tmp_path}: no space left on device; no checkpoint is '
+      f'complete yet; free space and start again to resume')
+  device_full = jax.errors.JaxRuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to '
+                                           'allocate 1.50GiB')
+  assert loop.stop_message(device_full, config, mesh, str(tmp_path)).startswith(
+      'out of device memory with 16 images per device per micro-batch')
+  assert loop.stop_message(jax.errors.JaxRuntimeError('INTERNAL: a bug'), config, mesh,
+                           str(tmp_path)) is None
 
 
 @pytest.mark.slow
