@@ -1,4 +1,5 @@
-"""One process of tests/reliability/test_reliability.py: trains the tiny run, writes its metrics.
+"""One process of tests/reliability/test_reliability.py: trains the tiny run, writes its metrics
+(or the one-line error it was refused with).
 
   python multiprocess_worker.py OUT DATASET WORKDIR PROCESS_ID PORT [SIGTERM_AFTER]
       one of two processes joined with jax.distributed on 127.0.0.1:PORT; process 1 sends itself
@@ -85,9 +86,12 @@ def main(argv: list[str]) -> None:
         [real(source, **{**kw, 'process_index': i, 'process_count': 2}) for i in range(2)])
   elif len(argv) > 6:
     _slow_after_sigterm(train_step, int(role), int(argv[6]))
-  metrics = loop.train_and_evaluate(tiny_config(dataset), workdir)
+  try:
+    result = {'metrics': loop.train_and_evaluate(tiny_config(dataset), workdir)}
+  except loop.INPUT_ERRORS as e:  # Refused: the message each process stopped with.
+    result = {'error': str(e)}
   with open(out, 'w') as f:
-    json.dump({'metrics': metrics, 'process_count': jax.process_count()}, f)
+    json.dump({**result, 'process_count': jax.process_count()}, f)
 
 
 if __name__ == '__main__':

@@ -11,10 +11,11 @@ taken over, with a log line:
   `RENEW_S` seconds, and a lock untouched for `LEASE_S` seconds is stale.
 
 The lock needs only an exclusive create, a read, an mtime update and a delete: no rename, no
-hard link. Those are atomic on local disks and NFS, and on object storage mounted as a file
-system where creating a file that exists fails (GCS's `ifGenerationMatch=0` precondition, which
-gcsfuse uses for exclusive creates). A lease compares the file's mtime with this machine's clock:
-the hosts' clocks must agree to well within `LEASE_S` (NTP does). docs/design.md, "Workdir lock".
+hard link, which object storage mounted as a file system lacks. It is as exclusive as the file
+system's exclusive create: atomic on local disks and NFS v3+; on object storage, a create
+conditional on the object not existing (GCS's `ifGenerationMatch=0`). A lease compares the file's
+mtime with this machine's clock: the hosts' clocks must agree to well within `LEASE_S` (NTP
+does). See docs/design.md, "Workdir lock".
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Crash safety and a real multi-process run: SIGKILL at random moments and during checkpoint
 writes (a short version of `python -m tools.kill_soak`); two processes joined with
 jax.distributed on 127.0.0.1, preempted by SIGTERM, resumed, and compared with one process of
-four devices; a peer that never arrives. Every wait has a deadline."""
+four devices; two processes refused on a workdir in use; a peer that never arrives. Every wait
+has a deadline."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 from tiny_run import restore_params, tiny_config, write_dataset
 
-from sequencer_jax.train import distributed
+from sequencer_jax.train import distributed, workdir_lock
 from tools import kill_soak
 
 pytestmark = pytest.mark.slow  # Every test here runs processes and waits for them.
@@ -119,6 +120,21 @@ def test_two_processes_equal_one_process_with_four_devices(tmp_path, cache_dir):
   for a, b in zip(jax.tree.leaves(restore_params(reference, config, 6)),
                   jax.tree.leaves(restore_params(workdir, config, 6))):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_two_processes_on_a_workdir_in_use_are_both_refused(tmp_path, cache_dir):
+  """Process 0 finds the lock of a live run (this one) and refuses; process 1 gets its line."""
+  dataset = write_dataset(str(tmp_path / 'patterns'))
+  workdir = tmp_path / 'held'
+  workdir.mkdir()
+  holder = {'host': socket.gethostname(), 'pid': os.getpid(), 'process_start': '',
+            'boot_id': workdir_lock._boot_id(), 'token': 'live',
+            'started': '2026-12-01 08:00:00 UTC'}
+  (workdir / workdir_lock.LOCK_FILE).write_text(json.dumps(holder))
+  results = _two_processes(tmp_path, cache_dir, dataset, str(workdir), 'refused')
+  want = f'the workdir {workdir} is in use by another run: process {os.getpid()} on host'
+  assert [r['error'].startswith(want) for r in results] == [True, True], results
+  assert os.listdir(workdir) == [workdir_lock.LOCK_FILE]
 
 
 def test_a_peer_that_never_arrives_ends_with_a_clear_message(cache_dir):
