@@ -134,6 +134,8 @@ def stop_message(error: Exception, config: ml_collections.ConfigDict, mesh: jax.
   RESOURCE_EXHAUSTED is never taken for it); None for any other error."""
   code = storage.write_failure(error)
   if code is not None:
+    while isinstance(error.__context__, storage.WriteFailure):  # Met again while closing.
+      error = error.__context__
     if not isinstance(error, storage.WriteFailure):
       error = storage.WriteFailure('a file', os.path.abspath(workdir), code)
     return _write_failure_message(error, workdir)

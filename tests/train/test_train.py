@@ -5,6 +5,7 @@ checkpoints; and initialisation from a checkpoint with another head."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -18,7 +19,7 @@ import pytest
 from snapshot import snapshot
 from tiny_run import restore_params, tiny_config
 
-from sequencer_jax import ModelRecord, models, save_model, sharding
+from sequencer_jax import ModelRecord, models, save_model, sharding, storage
 from sequencer_jax.errors import CheckpointError
 from sequencer_jax.models import DataConfig, abstract_params
 from sequencer_jax.train import config as train_config
@@ -179,6 +180,14 @@ def test_a_storage_resource_exhausted_is_never_taken_for_device_memory(tmp_path)
       'out of device memory with 16 images per device per micro-batch')
   assert loop.stop_message(jax.errors.JaxRuntimeError('INTERNAL: a bug'), config, mesh,
                            str(tmp_path)) is None
+  try:  # The first failure is named, not the same fault met again while closing.
+    try:
+      raise storage.WriteFailure('checkpoint 4', 'x/checkpoints', errno.ENOSPC)
+    finally:
+      raise storage.WriteFailure('TensorBoard events', 'x', errno.ENOSPC)
+  except storage.WriteFailure as e:
+    assert loop.stop_message(e, config, mesh, str(tmp_path)).startswith(
+        'checkpoint 4 could not be written to x/checkpoints: no space left on device;')
 
 
 @pytest.mark.slow
