@@ -61,6 +61,10 @@ from sequencer_jax.train.step import make_train_step
 OUT = 'benchmarks/results/predicted_h200.json'
 MODES = ('infer', 'infer_b1', 'train', 'augment')
 RECURRENCE = '/rnn_tokens/'  # In the op name of every loop of the token mixers' RNNs.
+# The implementation a kernel owning the time loop replaces: one forward loop per bidirectional
+# RNN and a backward loop carrying only the recurrent gradient.
+PALLAS_BASE = 'fused_vjp'
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,12 +322,39 @@ def profile(model_name: str, arch: dict, image_size: int, dtype: str, batch: int
           model.arch, image_size, impl, mode == 'train')
       analysis = analyse(function, args, a.unknown_trips)
       records.append({'impl': impl, **record(analysis, mode, size, flops, steps, a)})
+      if impl != PALLAS_BASE:
+        records[-1].pop('predicted_pallas', None)
       print(json.dumps({k: v for k, v in records[-1].items() if k != 'predicted'}), flush=True)
   return {'model': model_name, 'arch_overrides': arch, 'image_size': image_size,
           'dtype': dtype, 'batch': batch, 'jax': jax.__version__,
           'assumptions': dataclasses.asdict(a), 'bounds': BOUNDS,
           'timm_h200_estimates': timm_estimates(a), 'goals': goals(records, a),
           'records': records}
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+  """The records as a Markdown table: counts, the central split in ms, img/s (low-high), MFU."""
+  rows = ['| rnn_impl | mode | batch | matmul GFLOP/img | MB/img | launches | RNN steps | '
+          'kernels/step | matmul ms | memory ms | launch ms | loop ms | total ms | img/s '
+          '(low–high) | MFU |', '|' + '---|' * 15]
+  fmt = lambda x, d=1: '–' if x is None else f'{x:,.{d}f}'
+  for r in result['records']:
+    variants = [('', r['predicted']['central'])] + (
+        [('pallas (model)', r['predicted_pallas'])] if 'predicted_pallas' in r else [])
+    for label, p in variants:
+      mfu = '–' if p['mfu'] is None else f"{100 * p['mfu']:.1f}%"
+      span = '' if label else (f" ({fmt(r['predicted']['high']['images_per_s'], 0)}–"
+                               f"{fmt(r['predicted']['low']['images_per_s'], 0)})")
+      rows.append(
+          f"| {label or r['impl']} | {r['mode']} | {r['batch']} | "
+          f"{fmt(r['matmul_gflop_per_image'], 2)} | {fmt(r['mb_per_image'], 0)} | "
+          f"{'' if label else r['kernel_launches']} | {r['recurrence_iterations']} | "
+          f"{'' if label else fmt(r['recurrence_kernels_per_iteration'])} | "
+          f"{fmt(1e3 * p['matmul_s'], 2)} | {fmt(1e3 * p['memory_s'], 2)} | "
+          f"{fmt(1e3 * p['launch_s'], 2)} | {fmt(1e3 * (p['loop_launch_s'] + p['loop_s']), 2)} | "
+          f"{fmt(p['ms'], 2)} | {fmt(p['images_per_s'], 0)}{span} | "
+          f"{mfu} |")
+  return '\n'.join(rows)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -348,6 +379,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   Path(args.out).parent.mkdir(parents=True, exist_ok=True)
   with open(args.out, 'w') as f:
     json.dump(result, f, indent=1)
+  print(markdown_table(result))
   print(json.dumps(result['goals'], indent=1))
   return result
 

@@ -55,13 +55,13 @@ def _check(result, impls, modes):
           r['batch'] / p['total_s'])
     assert (r['predicted']['low']['total_s'] <= r['predicted']['central']['total_s']
             <= r['predicted']['high']['total_s'])
-    if r['recurrence_loops']:
+    if r['recurrence_loops'] and r['impl'] == predicted_profile.PALLAS_BASE:
       assert r['predicted_pallas']['loop_s'] < r['predicted']['central']['loop_s']
   assert set(result['goals']['targets']) <= set(result['goals'])
 
 
 def test_the_profile_of_inference_counts_the_architecture(tmp_path):
-  impls, modes = ('per_direction', 'fused'), ('infer', 'infer_b1')
+  impls, modes = ('per_direction', 'fused_vjp'), ('infer', 'infer_b1')
   _check(_run(tmp_path, impls, modes), impls, modes)
 
 
