@@ -98,9 +98,11 @@ ENTRY %main (x: f32[8,4], y: f32[10,8,4]) -> (s32[], f32[8,4], f32[10,8,4]) {
   %y = f32[10,8,4]{2,1,0} parameter(1)
   %z = s32[] constant(0)
   %init = (s32[], f32[8,4]{1,0}, f32[10,8,4]{2,1,0}) tuple(%z, %x, %y)
-  ROOT %loop = (s32[], f32[8,4]{1,0}, f32[10,8,4]{2,1,0}) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"10"}}
+  ROOT %loop = LOOP
 }
 '''
+  text = text.replace('LOOP', '(s32[], f32[8,4]{1,0}, f32[10,8,4]{2,1,0}) while(%init), '
+                      'condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"10"}}')
   kernels, loops = hlo_cost.kernels(text)
   assert [(l.trips, l.known, l.body_kernels) for l in loops] == [(10, True, 4)]
   by_op = {k.opcode: k for k in kernels}
