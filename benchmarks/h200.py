@@ -19,8 +19,9 @@ recorded as such and the others still run:
   profile       a profiler trace of the fastest training configuration, its GPU time split by
                 kernel kind (matrix products, other fusions, copies), and the top kernels
 
-The result is `OUT/h200.json` (versions, every figure, ratios, MFU, what was skipped) and the raw
-output of every phase in `OUT/h200_raw.txt`.
+The result is `OUT/h200.json` (versions, every figure, ratios, MFU, what was skipped, and, when
+`benchmarks/results/predicted_h200.json` is there, each comparable measurement over its
+prediction: `predicted_vs_measured`) and the raw output of every phase in `OUT/h200_raw.txt`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ LOOP_FLAGS = ('--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CAL
               'WHILE_LOOP_UNROLLING_AUTO_UNROLL')
 IMPLS = ('per_direction', 'fused', 'fused_vjp')
 MODEL = 'sequencer2d_s'
+# benchmarks/predicted_profile.py's prediction, compared with the measurements when present.
+PREDICTED = Path(__file__).resolve().parent / 'results' / 'predicted_h200.json'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,8 +210,39 @@ def _run_phase(name: str, flags: str, items: list[dict[str, Any]], sizes: Sizes,
   return [{**r, 'phase': name, 'xla_flags': flags} for r in results], raw
 
 
+def predicted_vs_measured(results: list[dict[str, Any]], predicted: dict[str, Any] | None,
+                          sizes: Sizes) -> dict[str, Any] | None:
+  """Each measurement of ours that the prediction models (unroll 1, no extra XLA flags, the
+  prediction's model, size, dtype and batch) beside its predicted img/s: measured / predicted,
+  for the central prediction and its low and high bounds, and the modelled Pallas kernel's."""
+  if predicted is None:
+    return None
+  same = (predicted.get('model'), predicted.get('image_size'), predicted.get('dtype'),
+          predicted.get('batch')) == (MODEL, sizes.image_size, sizes.dtype, sizes.batch)
+  if not same or predicted.get('arch_overrides'):
+    return {'note': 'the prediction is for other sizes or another model; not compared'}
+  records = {(r['impl'], r['mode']): r for r in predicted.get('records', [])}
+  rows = []
+  for r in results:
+    if r['framework'] != 'jax' or 'median_s' not in r or r.get('unroll') != 1 or r['xla_flags']:
+      continue
+    mode = 'infer_b1' if r['mode'] == 'infer' and r['batch'] == 1 else r['mode']
+    p = records.get((r['impl'], mode))
+    if p is None:
+      continue
+    row = {'impl': r['impl'], 'mode': mode, 'measured_img_s': r['images_per_s']}
+    for name, value in p['predicted'].items():
+      row[f'predicted_{name}_img_s'] = value['images_per_s']
+      row[f'measured_over_{name}'] = r['images_per_s'] / value['images_per_s']
+    if 'predicted_pallas' in p:
+      row['predicted_pallas_img_s'] = p['predicted_pallas']['images_per_s']
+    rows.append(row)
+  return {'assumptions': predicted.get('assumptions'), 'rows': rows}
+
+
 def summary(results: list[dict[str, Any]], skipped: list[str], versions: dict[str, Any],
-            profile_result: dict[str, Any] | None) -> dict[str, Any]:
+            profile_result: dict[str, Any] | None,
+            predicted: dict[str, Any] | None = None, sizes: Sizes = REAL) -> dict[str, Any]:
   """The h200.json record: the figures the issue names, ratios, and every measurement."""
   def get(framework: str, mode: str, batch_one: bool = False, **match: Any) -> dict | None:
     for r in results:
@@ -249,6 +283,7 @@ def summary(results: list[dict[str, Any]], skipped: list[str], versions: dict[st
                                       augment['median_s'] / required_train['median_s']),
   }
   return {'versions': versions, MODEL: figures, 'profile': profile_result, 'skipped': skipped,
+          'predicted_vs_measured': predicted_vs_measured(results, predicted, sizes),
           'measurements': results}
 
 
@@ -266,7 +301,14 @@ def _versions() -> dict[str, Any]:
   return versions
 
 
-def orchestrate(sizes: Sizes, out: Path) -> dict[str, Any]:
+def _read_predicted(path: Path) -> dict[str, Any] | None:
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError):
+    return None
+
+
+def orchestrate(sizes: Sizes, out: Path, predicted: Path = PREDICTED) -> dict[str, Any]:
   """Runs every phase that fits in the budget; writes h200.json and h200_raw.txt under `out`."""
   out.mkdir(parents=True, exist_ok=True)
   deadline = time.monotonic() + sizes.budget_s
@@ -293,7 +335,7 @@ def orchestrate(sizes: Sizes, out: Path) -> dict[str, Any]:
         profiled = next((r for r in phase_results if 'device_events' in r), None)
       else:
         results += phase_results
-  record = summary(results, skipped, _versions(), profiled)
+  record = summary(results, skipped, _versions(), profiled, _read_predicted(predicted), sizes)
   with open(out / 'h200.json', 'w') as f:
     json.dump(record, f, indent=1)
   return record

@@ -80,3 +80,27 @@ def test_the_summary_reports_the_fastest_ours_beside_timm():
   assert s['augment_ms_per_image'] == 1e3 * 0.02 / 256
   assert s['augment_share_of_train_step'] == 0.02 / 0.4  # Of the required phase's step.
   assert len(record['measurements']) == 9
+
+
+def test_measurements_are_set_beside_their_prediction():
+  predicted = {'model': 'sequencer2d_s', 'image_size': 224, 'dtype': 'bfloat16', 'batch': 256,
+               'arch_overrides': {}, 'assumptions': {'loop_iteration_us': 8.0}, 'records': [
+                   {'impl': 'fused_vjp', 'mode': 'infer', 'predicted': {
+                       'central': {'images_per_s': 5000.0}, 'low': {'images_per_s': 10000.0},
+                       'high': {'images_per_s': 2500.0}},
+                    'predicted_pallas': {'images_per_s': 20000.0}},
+                   {'impl': 'fused_vjp', 'mode': 'infer_b1', 'predicted': {
+                       'central': {'images_per_s': 400.0}}}]}
+  results = [_result('jax', 'infer', 0.1, impl='fused_vjp', unroll=1),
+             _result('jax', 'infer', 0.05, impl='fused_vjp', unroll=32),  # Not modelled.
+             _result('jax', 'infer', 0.001, batch=1, impl='fused_vjp', unroll=1),
+             _result('torch', 'infer', 0.4, variant='eager')]
+  compared = h200.summary(results, [], {}, None, predicted, h200.REAL)['predicted_vs_measured']
+  infer, one = compared['rows']
+  assert (infer['mode'], infer['measured_img_s'], infer['measured_over_central']) == (
+      'infer', 2560.0, 2560.0 / 5000.0)
+  assert infer['measured_over_low'] == 0.256 and infer['predicted_pallas_img_s'] == 20000.0
+  assert (one['mode'], one['measured_over_central']) == ('infer_b1', 1000.0 / 400.0)
+  dry = h200.summary(results, [], {}, None, predicted, h200.DRY)['predicted_vs_measured']
+  assert 'not compared' in dry['note']
+  assert h200.summary(results, [], {}, None)['predicted_vs_measured'] is None
