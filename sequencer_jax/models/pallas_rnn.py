@@ -144,8 +144,9 @@ def _call(kernel: Callable[..., None], inputs: list[jax.Array], in_specs: list[p
     return pl.pallas_call(kernel, outputs, grid=grid, in_specs=in_specs, out_specs=out_specs,
                           interpret=interpret, compiler_params=params)
 
-  # The GPU lowering is Triton's (docs/design.md): Mosaic GPU's `pallas_call` path is deprecated
-  # and wants warpgroup-level matmuls; Triton takes the kernel as written.
+  # The GPU lowering is Triton's (docs/design.md): Mosaic GPU stages each block whole in shared
+  # memory (a block's gx for every time step does not fit) and its `pallas_call` path is
+  # deprecated; Triton reads the blocks from global memory step by step.
   triton = run(False, pltriton.CompilerParams(num_warps=4, num_stages=1))
   return jax.lax.platform_dependent(
       *inputs, cpu=run(True, None), cuda=triton, rocm=triton,
