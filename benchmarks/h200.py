@@ -13,7 +13,7 @@ recorded as such and the others still run:
                 batch-1 latency of both; the step's augmentation alone (resize from the
                 512 canvas, flip, RandAugment, mixup, erasing), as a share of our training step
   timm_compile  timm under torch.compile, inference
-  grid          every rnn_impl x unroll {1, 4, full}, inference and training step
+  grid          every rnn_impl x unroll {1, 4, full} (pallas: 1), inference and training step
   loop_flags    the grid's fastest inference and training configurations again with XLA:GPU's
                 command buffers for while loops and its while-loop unrolling
   profile       a profiler trace of the fastest training configuration, its GPU time split by
@@ -44,7 +44,8 @@ from tools import torchvision_stand_in
 LOOP_FLAGS = ('--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,'
               'CONDITIONAL,WHILE --xla_gpu_enable_while_loop_unrolling='
               'WHILE_LOOP_UNROLLING_AUTO_UNROLL')
-IMPLS = ('per_direction', 'fused', 'fused_vjp')
+IMPLS = ('per_direction', 'fused', 'fused_vjp', 'pallas')
+LOOP_IN_KERNEL = ('pallas',)  # Its time loop runs inside a kernel: no unroll, timed at 1 only.
 MODEL = 'sequencer2d_s'
 # benchmarks/predicted_profile.py's prediction, compared with the measurements when present.
 PREDICTED = Path(__file__).resolve().parent / 'results' / 'predicted_h200.json'
@@ -177,7 +178,8 @@ def phases(sizes: Sizes) -> list[tuple[str, str, Callable[[list], list[dict[str,
     seen = {(r['mode'], r.get('impl'), r.get('unroll')) for r in done
             if r['framework'] == 'jax' and r['batch'] != 1}
     return [_jax_item(mode, impl, unroll) for mode in ('infer', 'train') for impl in IMPLS
-            for unroll in dict.fromkeys((1, 4, full)) if (mode, impl, unroll) not in seen]
+            for unroll in dict.fromkeys((1,) if impl in LOOP_IN_KERNEL else (1, 4, full))
+            if (mode, impl, unroll) not in seen]
 
   def loop_flags(done):
     best = [_fastest(done, mode) for mode in ('infer', 'train')]

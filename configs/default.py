@@ -25,8 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.drop_rate = 0.0
   config.model.dtype = 'bfloat16'  # --native-amp: bf16 compute, f32 parameters; 'float32': off
   # What runs the token mixer's recurrences: 'auto' (per_direction on the CPU; on GPU/TPU fused_vjp
-  # for LSTMs, fused for the GRU/RNN ablations), 'per_direction', 'fused' or 'fused_vjp'. None
-  # changes the parameters or the results beyond float rounding.
+  # for LSTMs, fused for the GRU/RNN ablations), 'per_direction', 'fused', 'fused_vjp' or 'pallas'
+  # (Pallas kernels for the time loop). None changes the parameters or the results beyond float
+  # rounding.
   config.model.rnn_impl = 'auto'
   config.model.remat = False  # Recompute each block in the backward pass to save memory.
 

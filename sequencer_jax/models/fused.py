@@ -106,7 +106,7 @@ def _reverse_in_time(seqs: jax.Array) -> jax.Array:
   return seqs if len(seqs) == 1 else jnp.stack([seqs[0], seqs[1, ::-1]])
 
 
-def _over_directions(loop: TimeLoop, x: jax.Array, axis: int, weights: RNNWeights,
+def over_directions(loop: TimeLoop, x: jax.Array, axis: int, weights: RNNWeights,
                      dtype: Dtype) -> jax.Array:
   """One input projection for all k directions, `loop` over their time-major sequences, and the
   hidden states laid out like x with [forward, reverse] channels."""
@@ -126,7 +126,7 @@ def fused_rnn(x: jax.Array, axis: int, weights: RNNWeights, *, cell: CellType, d
               unroll: int) -> jax.Array:
   """rnn_impl 'fused': the directions in one projection and one scan, backward by autodiff."""
   loop = lambda gx, kernel_hh, bias_hh: _scan_stacked(gx, kernel_hh, bias_hh, cell, dtype, unroll)
-  return _over_directions(loop, x, axis, weights, dtype)
+  return over_directions(loop, x, axis, weights, dtype)
 
 
 def fused_rnn_vjp(x: jax.Array, axis: int, weights: RNNWeights, *, cell: CellType, dtype: Dtype,
@@ -136,4 +136,4 @@ def fused_rnn_vjp(x: jax.Array, axis: int, weights: RNNWeights, *, cell: CellTyp
     raise ValueError(f"rnn_impl 'fused_vjp' implements the LSTM only, not {cell!r}; "
                      f"use 'fused' or 'per_direction'")
   loop = lambda gx, kernel_hh, bias_hh: _lstm_scan_vjp(gx, kernel_hh, bias_hh, dtype, unroll)
-  return _over_directions(loop, x, axis, weights, dtype)
+  return over_directions(loop, x, axis, weights, dtype)

@@ -6,6 +6,8 @@ from the same parameters:
 * 'per_direction': each direction is its own `Recurrence` module, one `nn.scan` each (the
   reference, `recurrent.py`);
 * 'fused', 'fused_vjp': both directions in one input projection and one scan (`fused.py`);
+* 'pallas': that projection, then Pallas kernels that run the time loop on chip, forward and
+  backward (`pallas_rnn.py`; interpreted, so slow, on the CPU);
 * 'auto': `default_rnn_impl`.
 """
 
@@ -20,6 +22,7 @@ import jax.numpy as jnp
 
 from sequencer_jax.models.fused import fused_rnn, fused_rnn_vjp
 from sequencer_jax.models.layers import Dtype
+from sequencer_jax.models.pallas_rnn import pallas_rnn
 from sequencer_jax.models.recurrent import CellType, Recurrence, RNNWeights
 
 
@@ -35,7 +38,8 @@ class RNNImpl(Protocol):
                dtype: Dtype, unroll: int) -> jax.Array: ...
 
 
-FUSED_IMPLS: dict[str, RNNImpl] = {'fused': fused_rnn, 'fused_vjp': fused_rnn_vjp}
+FUSED_IMPLS: dict[str, RNNImpl] = {'fused': fused_rnn, 'fused_vjp': fused_rnn_vjp,
+                                   'pallas': pallas_rnn}
 RNN_IMPLS: tuple[str, ...] = ('per_direction', *FUSED_IMPLS)
 
 

@@ -122,14 +122,16 @@ def test_whole_model_gradients_agree_across_implementations():
 
 
 def test_custom_vjp_in_bf16_stays_close_to_autodiff():
-  """bf16 compute: the hand-written backward pass against autodiff of the same forward pass."""
+  """bf16 compute: the hand-written backward passes against autodiff of the same forward pass."""
   x = _normal((2, 6, 6, 8))
-  modules = {impl: RNN2D(4, dtype=jnp.bfloat16, rnn_impl=impl) for impl in ('fused', 'fused_vjp')}
+  impls = ('fused', 'fused_vjp', 'pallas')
+  modules = {impl: RNN2D(4, dtype=jnp.bfloat16, rnn_impl=impl) for impl in impls}
   outputs = _each_value_and_grads(modules, random_variables(modules['fused'], x), x)
-  (_, want), (_, got) = outputs['fused'], outputs['fused_vjp']
-  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    g, w = np.asarray(g, np.float32), np.asarray(w, np.float32)
-    assert np.abs(g - w).max() <= 2e-2 * max(1.0, np.abs(w).max())
+  _, want = outputs.pop('fused')
+  for impl, (_, got) in outputs.items():
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      g, w = np.asarray(g, np.float32), np.asarray(w, np.float32)
+      assert np.abs(g - w).max() <= 2e-2 * max(1.0, np.abs(w).max()), impl
 
 
 def test_bad_implementation_choices_are_clear_errors():

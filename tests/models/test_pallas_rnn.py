@@ -1,0 +1,100 @@
+"""rnn_impl 'pallas': its kernels equal the reference recurrence, and lower for TPU and GPU.
+
+Numbers: the kernels in interpret mode on the CPU against 'per_direction', fp32 at the highest
+matmul precision, with the tolerance of test_rnn_impls.py: max |diff| <= 1e-5 * max(1, max |ref|)
+for the output and every gradient. Lowering: `jax.export` for 'tpu' and 'cuda' of the forward and
+backward passes, without a device (nothing is compiled).
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sequencer_jax.models.pallas_rnn import _block_rows, pallas_rnn
+from sequencer_jax.models.recurrent import GATES, RNNWeights
+from sequencer_jax.models.rnn_impls import BidirectionalRNN
+from random_params import random_variables
+
+# Sizes that fit no tile: rows (the other axes of x) 5, 7 and 130 (two blocks of 128, padded),
+# odd sequence lengths, hidden 3 and 6 (padded to 16).
+CASES = {
+    'lstm-bidirectional': (dict(cell='lstm', hidden_size=3), (5, 7, 4), 1),
+    'lstm-unidirectional-two-blocks': (dict(cell='lstm', hidden_size=6, bidirectional=False),
+                                       (10, 13, 3, 4), 2),
+    'gru-bidirectional': (dict(cell='gru', hidden_size=3), (7, 5, 4), 0),
+    'gru-unidirectional': (dict(cell='gru', hidden_size=6, bidirectional=False), (5, 7, 4), 1),
+    'rnn-bidirectional': (dict(cell='rnn', hidden_size=6), (5, 7, 4), 1),
+}
+TRITON = '__gpu$xla.gpu.triton'
+CUSTOM_CALLS = {'tpu': 'tpu_custom_call', 'cuda': TRITON}
+
+
+def _close(got, want, what):
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    w = np.asarray(w, np.float32)
+    np.testing.assert_allclose(np.asarray(g, np.float32), w, rtol=0,
+                               atol=1e-5 * max(1.0, np.abs(w).max()), err_msg=what)
+
+
+def _loss(y):
+  """A loss with a non-uniform cotangent."""
+  return jnp.sum(y * jnp.cos(jnp.arange(y.size).reshape(y.shape)))
+
+
+@pytest.mark.parametrize('case', sorted(CASES))
+def test_kernels_equal_the_reference_forward_and_backward(case):
+  kwargs, shape, axis = CASES[case]
+  x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+  modules = {impl: BidirectionalRNN(shape[-1], impl=impl, **kwargs)
+             for impl in ('per_direction', 'pallas')}
+  variables = random_variables(modules['per_direction'], x, axis)
+
+  @jax.jit  # Both in one compilation.
+  def outputs(variables, x):
+    def value_and_grads(module):
+      loss = lambda v, x: (lambda y: (_loss(y), y))(module.apply(v, x, axis))
+      return jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(variables, x)
+    return {impl: value_and_grads(m) for impl, m in modules.items()}
+
+  got = outputs(variables, x)
+  (_, want_y), want_g = got['per_direction']
+  (_, got_y), got_g = got['pallas']
+  assert got_y.shape == want_y.shape
+  _close(got_y, want_y, 'output')
+  _close(got_g, want_g, 'gradients')
+
+
+def test_block_rows_are_powers_of_two_that_fit_on_chip():
+  assert _block_rows(5, 7, 16, 'lstm') == 16  # At least Triton's smallest dot.
+  assert _block_rows(100, 8, 64, 'lstm') == 128
+  assert _block_rows(100, 14, 64, 'lstm') == 64
+  assert _block_rows(8192, 32, 64, 'lstm') == 32  # Sequencer2D's stage 1: T*rows*h capped.
+  assert _block_rows(8192, 512, 128, 'lstm') == 16
+
+
+@pytest.mark.parametrize('cell', sorted(GATES))
+def test_the_kernels_lower_for_tpu_and_gpu(cell):
+  """Forward and backward each lower to one custom call per platform: Mosaic on TPU, Triton on
+  GPU (Triton IR has no compatibility guarantee, so `jax.export` must be told to take it)."""
+  gates, k, hidden = GATES[cell], 2, 6
+  x = jax.ShapeDtypeStruct((5, 7, 4), jnp.float32)
+  weights = RNNWeights(*(jax.ShapeDtypeStruct(s, jnp.float32) for s in [
+      (k, 4, gates * hidden), (k, hidden, gates * hidden), (k, gates * hidden),
+      (k, gates * hidden)]))
+
+  def train(weights, x):
+    loss = lambda w, x: _loss(pallas_rnn(x, 1, w, cell=cell, dtype=jnp.bfloat16, unroll=1))
+    return jax.value_and_grad(loss, argnums=(0, 1))(weights, x)
+
+  checks = [jax.export.DisabledSafetyCheck.custom_call(TRITON)]
+  for platform, target in CUSTOM_CALLS.items():
+    text = jax.export.export(jax.jit(train), platforms=[platform],
+                             disabled_checks=checks)(weights, x).mlir_module()
+    calls = re.findall(r'stablehlo\.custom_call @([^\s(]+)', text)
+    assert sorted(set(calls)) == [target] and len(calls) == 2, (platform, calls)
+    assert 'callback' not in text.lower(), platform
