@@ -49,11 +49,16 @@ S_SIZES = dict(image_size=224, canvas_size=512, batch=256, num_classes=1000)
 DEVICE_NEUTRAL_TARGETS = frozenset({
     'Sharding', 'SPMDFullToShardShape', 'SPMDShardToFullShape', 'xla.sdy.GlobalToLocalShape',
     'xla.sdy.LocalToGlobalShape', 'xla.sdy.FuncResultSharding', 'xla.sdy.ManualComputation'})
+TRITON = '__gpu$xla.gpu.triton'  # Pallas's Triton kernels on CUDA.
 PLATFORM_TARGETS = {
     'tpu': frozenset({'tpu_custom_call'}),
-    'cuda': frozenset({'mosaic_gpu', 'mosaic_gpu_v2', '__gpu$xla.gpu.triton',
+    'cuda': frozenset({'mosaic_gpu', 'mosaic_gpu_v2', TRITON,
                        'triton_kernel_call'}),
 }
+# Exports known not to lower yet, with the error they stop with: a Pallas kernel on TPU must be
+# partitioned by hand (a shard_map over the rows), which rnn_impl 'pallas' does not do yet; the
+# tests require exactly this failure, so that they fail once it lowers.
+KNOWN_FAILURES = {('pallas', 'tpu'): 'Mosaic kernels cannot be automatically partitioned'}
 HOST_WORDS = ('callback', 'lapack', 'ducc', 'cpu')  # In a target's name: it runs on the host.
 # StableHLO ops that move data between the device and the host.
 HOST_TRANSFER_OPS = ('stablehlo.send', 'stablehlo.recv', 'stablehlo.infeed', 'stablehlo.outfeed')
@@ -83,6 +88,13 @@ def _struct(shape: tuple[int, ...], dtype: Any) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
 
 
+def _export(function: Any, platform: str) -> Any:
+  """`jax.export.export` for `platform`. Pallas's Triton call on CUDA has no compatibility
+  guarantee, so export refuses it unless told; the allow-list above still checks every target."""
+  checks = ([jax.export.DisabledSafetyCheck.custom_call(TRITON)] if platform == 'cuda' else [])
+  return jax.export.export(function, platforms=[platform], disabled_checks=checks)
+
+
 def export_train_step(config: ml_collections.ConfigDict, mesh: Mesh | AbstractMesh,
                       platform: str) -> jax.export.Exported:
   """The trainer's step for `config` (`loop._train`'s construction: the state's shardings on
@@ -98,7 +110,7 @@ def export_train_step(config: ml_collections.ConfigDict, mesh: Mesh | AbstractMe
   b, s = config.global_batch_size, config.data.canvas_size
   batch = {'image': _struct((b, s, s, 3), jnp.uint8), 'crop_size': _struct((b, 2), jnp.int32),
            'bicubic': _struct((b,), jnp.bool_), 'label': _struct((b,), jnp.int32)}
-  return jax.export.export(step, platforms=[platform])(state, batch)
+  return _export(step, platform)(state, batch)
 
 
 def export_predict_step(config: ml_collections.ConfigDict, mesh: Mesh | AbstractMesh,
@@ -112,7 +124,7 @@ def export_predict_step(config: ml_collections.ConfigDict, mesh: Mesh | Abstract
   b, s = config.global_batch_size, config.data.image_size
   batch = {'image': _struct((b, s, s, 3), jnp.float32), 'label': _struct((b,), jnp.int32),
            'mask': _struct((b,), jnp.bool_), 'index': _struct((b,), jnp.int32)}
-  return jax.export.export(step, platforms=[platform])(params, batch)
+  return _export(step, platform)(params, batch)
 
 
 def custom_call_targets(module_text: str) -> set[str]:
@@ -174,7 +186,11 @@ def main(path: str) -> None:
     for what, export in (('train', export_train_step), ('predict', export_predict_step)):
       for platform in PLATFORMS:
         start = time.perf_counter()
-        exported = export(config, mesh, platform)
+        try:
+          exported = export(config, mesh, platform)
+        except NotImplementedError as e:
+          out['exports'][f'{what}/{impl}/{platform}'] = {'fails': str(e)}
+          continue
         out['exports'][f'{what}/{impl}/{platform}'] = _record(
             exported, platform, time.perf_counter() - start)
         print(what, impl, platform, out['exports'][f'{what}/{impl}/{platform}'], flush=True)

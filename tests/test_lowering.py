@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -44,9 +45,18 @@ def _assert_lowers(exported: jax.export.Exported, platform: str) -> None:
   assert not problems, f'the export for {platform}: ' + '; '.join(problems)
 
 
+def _known_failure(impl: str, platform: str) -> Any:
+  """Asserts that an export known not to lower yet still fails as recorded."""
+  return pytest.raises(NotImplementedError, match=worker.KNOWN_FAILURES[impl, platform])
+
+
 @pytest.mark.parametrize('platform', worker.PLATFORMS)
 @pytest.mark.parametrize('impl', RNN_IMPLS)
 def test_the_training_step_lowers_for_the_device(impl, platform, mesh):
+  if (impl, platform) in worker.KNOWN_FAILURES:
+    with _known_failure(impl, platform):
+      worker.export_train_step(worker.train_config(impl), mesh, platform)
+    return
   exported = worker.export_train_step(worker.train_config(impl), mesh, platform)
   _assert_lowers(exported, platform)
   # The batch of canvases arrives split over the 8 devices; the state is replicated.
@@ -58,6 +68,10 @@ def test_the_training_step_lowers_for_the_device(impl, platform, mesh):
 @pytest.mark.parametrize('platform', worker.PLATFORMS)
 @pytest.mark.parametrize('impl', RNN_IMPLS)
 def test_the_predict_step_lowers_for_the_device(impl, platform, mesh):
+  if (impl, platform) in worker.KNOWN_FAILURES:
+    with _known_failure(impl, platform):
+      worker.export_predict_step(worker.train_config(impl), mesh, platform)
+    return
   _assert_lowers(worker.export_predict_step(worker.train_config(impl), mesh, platform), platform)
 
 
@@ -108,4 +122,8 @@ def test_sequencer2d_s_lowers_on_eight_simulated_devices(tmp_path):
   assert set(out['exports']) == {f'{what}/{impl}/{platform}' for what in ('train', 'predict')
                                  for impl in RNN_IMPLS for platform in worker.PLATFORMS}
   for key, record in out['exports'].items():
-    assert not record['problems'], f'{key}: {record["problems"]}'
+    what, impl, platform = key.split('/')
+    if (impl, platform) in worker.KNOWN_FAILURES:
+      assert worker.KNOWN_FAILURES[impl, platform] in record.get('fails', ''), f'{key}: {record}'
+    else:
+      assert not record['problems'], f'{key}: {record["problems"]}'

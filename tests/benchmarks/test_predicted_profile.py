@@ -10,7 +10,6 @@ import pytest
 from benchmarks import hlo_cost, predicted_profile
 from sequencer_jax.models import create_model
 from sequencer_jax.models.flops import forward_flops
-from sequencer_jax.models.rnn_impls import RNN_IMPLS
 
 # Two stages (8x8 then 4x4 tokens at 32 px), one block each.
 ARCH = {'layers': [1, 1], 'patch_sizes': [4, 2], 'embed_dims': [16, 32], 'hidden_sizes': [4, 8]}
@@ -67,7 +66,7 @@ def test_the_profile_of_inference_counts_the_architecture(tmp_path):
 
 @pytest.mark.slow
 def test_the_profile_of_every_impl_and_mode(tmp_path):
-  impls, modes = RNN_IMPLS, predicted_profile.MODES
+  impls, modes = predicted_profile.PROFILED_IMPLS, predicted_profile.MODES
   _check(_run(tmp_path, impls, modes), impls, modes)
 
 
