@@ -33,30 +33,31 @@ _TENSORSTORE_CODE = re.compile(r"os_error_code='(\d+)'")
 
 
 class WriteFailure(OSError):
-  """`what` could not be written to `where`; `code` is the errno (a key of `REASONS`)."""
+  """`what` could not be written to `where`; its errno is `code`, a key of `REASONS`."""
 
   def __init__(self, what: str, where: str, code: int):
     super().__init__(code, f'{what} could not be written to {where}: {REASONS[code]}')
-    self.what, self.where, self.code = what, where, code
 
   def __str__(self) -> str:
     return self.strerror
 
   @property
   def reason(self) -> str:
-    return REASONS[self.code]
+    return REASONS[self.errno]
 
   @property
   def remedy(self) -> str:
-    return REMEDIES[self.code]
+    return REMEDIES[self.errno]
 
 
 def _own_code(error: BaseException) -> int | None:
-  if isinstance(error, WriteFailure):
-    return error.code
-  if isinstance(error, OSError) and error.errno in REASONS:
+  if isinstance(error, OSError) and error.errno in REASONS:  # WriteFailure included.
     return error.errno
-  text = str(error)
+  return _code_in_text(str(error))
+
+
+def _code_in_text(text: str) -> int | None:
+  """The errno a TensorStore or TensorFlow status names, if one of `REASONS`."""
   found = _TENSORSTORE_CODE.search(text)
   if found and int(found.group(1)) in REASONS:
     return int(found.group(1))
@@ -112,7 +113,7 @@ class _DropStorageFailureRecords(logging.Filter):
     failed = record.exc_info and record.exc_info[1] is not None and write_failure(
         record.exc_info[1]) is not None
     return not (failed or (record.levelno >= logging.ERROR
-                           and _own_code(Exception(record.getMessage())) is not None))
+                           and _code_in_text(record.getMessage()) is not None))
 
 
 def quiet_io_failures() -> None:

@@ -107,7 +107,7 @@ def _reverse_in_time(seqs: jax.Array) -> jax.Array:
 
 
 def over_directions(loop: TimeLoop, x: jax.Array, axis: int, weights: RNNWeights,
-                     dtype: Dtype) -> jax.Array:
+                    dtype: Dtype) -> jax.Array:
   """One input projection for all k directions, `loop` over their time-major sequences, and the
   hidden states laid out like x with [forward, reverse] channels."""
   k, input_size, width = weights.kernel_ih.shape

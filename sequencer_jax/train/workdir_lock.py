@@ -75,7 +75,8 @@ def _alive(pid: int, start: str) -> bool:
     return False
   except PermissionError:
     pass  # It exists, under another user.
-  return not (start and _process_start(pid) and _process_start(pid) != start)
+  now = _process_start(pid)
+  return not (start and now and now != start)
 
 
 def _this_holder() -> dict[str, Any]:
