@@ -44,7 +44,7 @@ from tools import torchvision_stand_in
 LOOP_FLAGS = ('--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,'
               'CONDITIONAL,WHILE --xla_gpu_enable_while_loop_unrolling='
               'WHILE_LOOP_UNROLLING_AUTO_UNROLL')
-IMPLS = ('per_direction', 'fused', 'fused_vjp', 'pallas')
+IMPLS = ('per_direction', 'fused', 'fused_vjp', 'pallas')  # rnn_impls.RNN_IMPLS (tested equal).
 LOOP_IN_KERNEL = ('pallas',)  # Its time loop runs inside a kernel: no unroll, timed at 1 only.
 MODEL = 'sequencer2d_s'
 # benchmarks/predicted_profile.py's prediction, compared with the measurements when present.

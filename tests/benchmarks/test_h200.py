@@ -4,6 +4,7 @@ configurations each phase runs, the kernel-time split of a trace, and the figure
 from __future__ import annotations
 
 from benchmarks import h200
+from sequencer_jax.models.rnn_impls import RNN_IMPLS
 
 
 def _result(framework, mode, seconds, batch=256, phase='grid', **fields):
@@ -22,6 +23,7 @@ def test_the_grid_covers_every_implementation_and_unroll_once():
       (r['mode'], r['impl'], r['unroll']) for r in done if r['mode'] != 'augment'}
   # 32: the full unroll, stage 0 of a 224 image; a kernel's own time loop has no unroll.
   unrolls = lambda impl: (1,) if impl in h200.LOOP_IN_KERNEL else (1, 4, 32)
+  assert h200.IMPLS == RNN_IMPLS  # The orchestrator names them without importing the model.
   assert keys == {(m, impl, u) for m in ('infer', 'train') for impl in h200.IMPLS
                   for u in unrolls(impl)}
   assert len(grid) == 18  # 20 less the two the required phase measured.
