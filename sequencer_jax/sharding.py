@@ -7,12 +7,13 @@ split along one dimension. Nothing here uses pmap or a leading device axis.
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA = 'data'
@@ -27,6 +28,17 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
       raise ValueError(f'num_devices must be in [1, {len(devices)}], got {num_devices}')
     devices = devices[:num_devices]
   return jax.make_mesh((len(devices),), (DATA,), (AxisType.Auto,), devices=devices)
+
+
+def on_mesh(function: Callable[..., Any], mesh: Mesh | AbstractMesh) -> Callable[..., Any]:
+  """`function` traced with `mesh` as the context mesh, for a step to jit: what the model's own
+  `jax.shard_map`s (rnn_impl 'pallas''s kernels, which XLA cannot partition) run over."""
+  @functools.wraps(function)
+  def traced_on_mesh(*args: Any, **kwargs: Any) -> Any:
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return function(*args, **kwargs)
+
+  return traced_on_mesh
 
 
 def data_sharding(mesh: Mesh) -> NamedSharding:

@@ -60,7 +60,8 @@ def make_predict_step(model: nn.Module, *, mesh: Mesh, params_sharding: Any,
     out['top5'] = top if subset is None else subset[top]
     return out
 
-  return jax.jit(step, in_shardings=(params_sharding, sharding.data_sharding(mesh)),
+  return jax.jit(sharding.on_mesh(step, mesh),
+                 in_shardings=(params_sharding, sharding.data_sharding(mesh)),
                  out_shardings=sharding.replicated(mesh))
 
 

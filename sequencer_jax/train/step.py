@@ -19,7 +19,7 @@ from jax.sharding import PartitionSpec as P
 
 from sequencer_jax.data.device_augment import DeviceAugment, augment_batch
 from sequencer_jax.models import Sequencer
-from sequencer_jax.sharding import DATA, data_sharding, replicated
+from sequencer_jax.sharding import DATA, data_sharding, on_mesh, replicated
 from sequencer_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -112,6 +112,6 @@ def make_train_step(model: Sequencer, optimizer: optax.GradientTransformation, *
                               ema_params=ema_params)
     return new_state, {'loss': loss, 'grad_norm': optax.tree.norm(grads)}
 
-  return jax.jit(step, in_shardings=(state_shardings, data_sharding(mesh)),
+  return jax.jit(on_mesh(step, mesh), in_shardings=(state_shardings, data_sharding(mesh)),
                  out_shardings=(state_shardings, replicated(mesh)), donate_argnums=(0,))
 
