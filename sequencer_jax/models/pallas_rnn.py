@@ -12,6 +12,10 @@ Lowering: on the CPU the kernels run with `interpret=True`; on a TPU they lower 
 (`tpu_custom_call`); on a GPU through Triton, chosen by its compiler params (docs/design.md).
 Inside the kernels each gate is its own (rows, hidden) tile: hidden is padded to a power of two
 (at least 16) and rows to a multiple of the block, with zeros, which keep the padded units at zero.
+
+Sharding: XLA cannot partition a Pallas call, so under a context mesh with a 'data' axis
+(`sharding.on_mesh`, which the train and predict steps use) each kernel runs in a `jax.shard_map`
+over the rows, which are the batch's; each device pads its own rows to its blocks.
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as pltriton
+from jax.sharding import PartitionSpec as P
 
 from sequencer_jax.models.fused import over_directions
 from sequencer_jax.models.layers import Dtype
 from sequencer_jax.models.recurrent import GATES, Carry, CellType, RNNWeights
+from sequencer_jax.sharding import DATA
 
 # What the forward pass keeps per time step besides h, each a (rows, hidden) tile: the LSTM's
 # activated gates i, f, g, o and cell state c; the GRU's r, z, n and its h W_hn + b_hn.
@@ -35,6 +41,8 @@ SAVED = {'lstm': 5, 'gru': 4, 'rnn': 0}
 MAX_BLOCK_ROWS = 128
 BLOCK_BYTES = 6 * 2**20  # A TPU program's double-buffered blocks stay well inside scoped VMEM.
 Tiles = list[jax.Array]
+# A kernel on the rows of one device: (arrays with rows on axis -2, arrays given whole) -> outputs.
+Kernel = Callable[[list[jax.Array], list[jax.Array]], list[jax.Array]]
 
 
 def _padded_hidden(hidden: int) -> int:
@@ -153,53 +161,101 @@ def _call(kernel: Callable[..., None], inputs: list[jax.Array], in_specs: list[p
       tpu=run(False, pltpu.CompilerParams(dimension_semantics=('parallel', 'parallel'))))
 
 
-def _forward(gx: jax.Array, w: jax.Array, b: jax.Array, cell: CellType, dtype: Dtype,
-             rows: int) -> list[jax.Array]:
-  """The forward kernel on the kernel layout: gx (k, T, G, N, h), w (k, G, h, h), b (k, G, 1, h)
-  -> [hs (k, T, N, h), then the saved activations (k, T, SAVED, N, h) where the cell has any]."""
+def _pad_rows(x: jax.Array, pad: int) -> jax.Array:
+  """x with `pad` rows of zeros after its rows (axis -2)."""
+  return jnp.pad(x, ((0, 0),) * (x.ndim - 2) + ((0, pad), (0, 0)))
+
+
+def _forward(rowed: list[jax.Array], whole: list[jax.Array], cell: CellType,
+             dtype: Dtype) -> list[jax.Array]:
+  """The forward kernel on the kernel layout: [gx (k, T, G, N, h)] and [w (k, G, h, h),
+  b (k, G, 1, h)] -> [hs (k, T, N, h), then the saved activations (k, T, SAVED, N, h) where the
+  cell has any]. The rows are padded to a multiple of the block here."""
+  (gx,), (w, b) = rowed, whole
   k, steps, gates, n, hidden = gx.shape
-  outputs = [jax.ShapeDtypeStruct((k, steps, n, hidden), jnp.float32)]
+  rows = _block_rows(n, steps, hidden, cell)
+  gx = _pad_rows(gx, -n % rows)
+  padded = gx.shape[3]
+  output = functools.partial(jax.ShapeDtypeStruct, dtype=jnp.float32)
+  outputs = [output((k, steps, padded, hidden))]
   out_specs = [_spec((steps, rows, hidden), 1)]
   if SAVED[cell]:
-    outputs.append(jax.ShapeDtypeStruct((k, steps, SAVED[cell], n, hidden), jnp.float32))
+    outputs.append(output((k, steps, SAVED[cell], padded, hidden)))
     out_specs.append(_spec((steps, SAVED[cell], rows, hidden), 2))
   in_specs = [_spec((steps, gates, rows, hidden), 2), _spec(w.shape[1:]), _spec(b.shape[1:])]
   kernel = functools.partial(_forward_kernel, cell, dtype)
-  return _call(kernel, [gx, w, b], in_specs, outputs, out_specs, (k, n // rows))
+  outs = _call(kernel, [gx, w, b], in_specs, outputs, out_specs, (k, padded // rows))
+  return [out[..., :n, :] for out in outs]
 
 
-def _backward(dhs: jax.Array, hs: jax.Array, saved: list[jax.Array], wt: jax.Array,
-              cell: CellType, dtype: Dtype, rows: int) -> jax.Array:
-  """The backward kernel: dL/dhs, hs, the saved activations and W_hh's transposed gate blocks
-  -> d gx (k, T, G, N, h)."""
-  k, steps, n, hidden = hs.shape
+def _backward(rowed: list[jax.Array], whole: list[jax.Array], cell: CellType,
+              dtype: Dtype) -> list[jax.Array]:
+  """The backward kernel: [dL/dhs, hs, the saved activations] and [W_hh's transposed gate
+  blocks] -> [d gx (k, T, G, N, h)]. The rows are padded to a multiple of the block here."""
+  (wt,) = whole
+  k, steps, n, hidden = rowed[0].shape
   gates = wt.shape[1]
+  rows = _block_rows(n, steps, hidden, cell)
+  rowed = [_pad_rows(x, -n % rows) for x in rowed]
+  padded = rowed[0].shape[2]
   in_specs = [_spec((steps, rows, hidden), 1)] * 2
-  in_specs += [_spec((steps, SAVED[cell], rows, hidden), 2) for _ in saved]
+  in_specs += [_spec((steps, SAVED[cell], rows, hidden), 2) for _ in rowed[2:]]
   in_specs.append(_spec(wt.shape[1:]))
-  output = jax.ShapeDtypeStruct((k, steps, gates, n, hidden), jnp.float32)
+  output = jax.ShapeDtypeStruct((k, steps, gates, padded, hidden), jnp.float32)
   kernel = functools.partial(_backward_kernel, cell, dtype)
-  return _call(kernel, [dhs, hs, *saved, wt], in_specs, [output],
-               [_spec((steps, gates, rows, hidden), 2)], (k, n // rows))[0]
+  dgx, = _call(kernel, [*rowed, wt], in_specs, [output],
+               [_spec((steps, gates, rows, hidden), 2)], (k, padded // rows))
+  return [dgx[..., :n, :]]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _recurrence(gx: jax.Array, w: jax.Array, b: jax.Array, cell: CellType, dtype: Dtype,
-                rows: int) -> jax.Array:
+def _on_devices(kernel: Kernel, rowed: list[jax.Array], whole: list[jax.Array],
+                out_ndims: list[int]) -> list[jax.Array]:
+  """`kernel(rowed, whole)` on each device's rows: a `jax.shard_map` over the context mesh's
+  'data' axis (`sharding.on_mesh`), which XLA cannot do for a Pallas call by itself.
+
+  The rows are axis -2 of `rowed` and of each output (of `out_ndims` dimensions); they are the
+  batch's rows, so sharding them over 'data' follows the batch's sharding and moves no data.
+  `whole` (the weights) is given whole to every device. Without a mesh of more than one device
+  on 'data', `kernel` runs on all the rows at once."""
+  mesh = jax.sharding.get_abstract_mesh()
+  shards = 1 if mesh.empty or DATA not in mesh.axis_names else mesh.shape[DATA]
+  if shards == 1:
+    return kernel(rowed, whole)
+  n = rowed[0].shape[-2]
+  rowed = [_pad_rows(x, -n % shards) for x in rowed]  # Only where the rows do not divide.
+  spec = lambda ndim: P(*[None] * (ndim - 2), DATA, None)
+  # Nothing differentiates through this shard_map (the custom_vjp is outside it), so its
+  # varying-axes checks buy nothing; Pallas's interpreter also fails them (JAX 0.10.2: "Scan carry
+  # input and output got mismatched varying manual axes").
+  outs = jax.shard_map(kernel, mesh=mesh, in_specs=([spec(x.ndim) for x in rowed], P()),
+                       out_specs=[spec(ndim) for ndim in out_ndims], check_vma=False)(rowed, whole)
+  return [out[..., :n, :] for out in outs]
+
+
+def _forward_on_devices(gx: jax.Array, w: jax.Array, b: jax.Array, cell: CellType,
+                        dtype: Dtype) -> list[jax.Array]:
+  kernel = functools.partial(_forward, cell=cell, dtype=dtype)
+  return _on_devices(kernel, [gx], [w, b], [4, 5][:1 + bool(SAVED[cell])])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _recurrence(gx: jax.Array, w: jax.Array, b: jax.Array, cell: CellType,
+                dtype: Dtype) -> jax.Array:
   """hs from the kernel layout's gx, w and b (`_forward`), with the backward kernel's gradient."""
-  return _forward(gx, w, b, cell, dtype, rows)[0]
+  return _forward_on_devices(gx, w, b, cell, dtype)[0]
 
 
-def _recurrence_fwd(gx: jax.Array, w: jax.Array, b: jax.Array, cell: CellType, dtype: Dtype,
-                    rows: int) -> tuple[jax.Array, tuple]:
-  hs, *saved = _forward(gx, w, b, cell, dtype, rows)
+def _recurrence_fwd(gx: jax.Array, w: jax.Array, b: jax.Array, cell: CellType,
+                    dtype: Dtype) -> tuple[jax.Array, tuple]:
+  hs, *saved = _forward_on_devices(gx, w, b, cell, dtype)
   return hs, (hs, saved, w)
 
 
-def _recurrence_bwd(cell: CellType, dtype: Dtype, rows: int, residuals: tuple,
+def _recurrence_bwd(cell: CellType, dtype: Dtype, residuals: tuple,
                     dhs: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   hs, saved, w = residuals
-  dgx = _backward(dhs, hs, saved, jnp.swapaxes(w, -1, -2), cell, dtype, rows)
+  kernel = functools.partial(_backward, cell=cell, dtype=dtype)
+  dgx, = _on_devices(kernel, [dhs, hs, *saved], [jnp.swapaxes(w, -1, -2)], [5])
   dgh = dgx.at[:, :, 2].multiply(saved[0][:, :, 0]) if cell == 'gru' else dgx  # r * d n.
   h_prev = jnp.pad(hs[:, :-1], ((0, 0), (1, 0), (0, 0), (0, 0)))
   dw = jnp.einsum('ktni,ktgnj->kgij', h_prev.astype(dtype), dgh.astype(dtype),
@@ -212,20 +268,19 @@ _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
 
 def _pallas_loop(cell: CellType, dtype: Dtype, gx: jax.Array, kernel_hh: jax.Array,
                  bias_hh: jax.Array) -> jax.Array:
-  """A `fused.TimeLoop`: (k, T, N, G*h) in the fused layout, padded to the kernels' and back."""
+  """A `fused.TimeLoop`: (k, T, N, G*h) in the fused layout, hidden padded to the kernels' and
+  back (the rows are padded per device, `_forward`)."""
   k, steps, n, width = gx.shape
   gates = GATES[cell]
   hidden = width // gates
-  padded = _padded_hidden(hidden)
-  rows = _block_rows(n, steps, padded, cell)
-  pad_rows, pad_hidden = (0, -n % rows), (0, padded - hidden)
+  pad_hidden = (0, _padded_hidden(hidden) - hidden)
   gx = gx.reshape(k, steps, n, gates, hidden).transpose(0, 1, 3, 2, 4)
-  gx = jnp.pad(gx, ((0, 0),) * 3 + (pad_rows, pad_hidden))
+  gx = jnp.pad(gx, ((0, 0),) * 4 + (pad_hidden,))
   w = kernel_hh.reshape(k, hidden, gates, hidden).transpose(0, 2, 1, 3)
   w = jnp.pad(w, ((0, 0), (0, 0), pad_hidden, pad_hidden))
   b = jnp.pad(bias_hh.astype(jnp.float32).reshape(k, gates, 1, hidden),
               ((0, 0),) * 3 + (pad_hidden,))
-  return _recurrence(gx, w, b, cell, dtype, rows)[:, :, :n, :hidden]
+  return _recurrence(gx, w, b, cell, dtype)[..., :hidden]
 
 
 def pallas_rnn(x: jax.Array, axis: int, weights: RNNWeights, *, cell: CellType, dtype: Dtype,

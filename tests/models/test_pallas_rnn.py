@@ -2,17 +2,23 @@
 
 Numbers: the kernels in interpret mode on the CPU against 'per_direction', fp32 at the highest
 matmul precision, with the tolerance of test_rnn_impls.py: max |diff| <= 1e-5 * max(1, max |ref|)
-for the output and every gradient. Lowering: `jax.export` for 'tpu' and 'cuda' of the forward and
-backward passes, without a device (nothing is compiled).
+for the output and every gradient, on one device and in a shard_map over 8 simulated devices
+(`pallas_sharding_worker.py`, in its own process). Lowering: `jax.export` for 'tpu' and 'cuda' of
+the forward and backward passes, without a device (nothing is compiled).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pallas_sharding_worker as sharding_worker
 import pytest
 
 from sequencer_jax.models.pallas_rnn import _block_rows, pallas_rnn
@@ -32,6 +38,7 @@ CASES = {
 }
 TRITON = '__gpu$xla.gpu.triton'
 CUSTOM_CALLS = {'tpu': 'tpu_custom_call', 'cuda': TRITON}
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _close(got, want, what):
@@ -67,6 +74,28 @@ def test_kernels_equal_the_reference_forward_and_backward(case):
   assert got_y.shape == want_y.shape
   _close(got_y, want_y, 'output')
   _close(got_g, want_g, 'gradients')
+
+
+def test_kernels_sharded_over_eight_devices_equal_the_reference(tmp_path):
+  """Each device runs the kernels on its own rows, padded to its blocks: a batch split over
+  'data', and 18 rows of a replicated batch padded to 24 to split over 8."""
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
+         'XLA_FLAGS': f'--xla_force_host_platform_device_count={sharding_worker.NUM_DEVICES} '
+                      '--xla_backend_optimization_level=0',
+         'PYTHONPATH': os.pathsep.join(filter(None, [str(ROOT), os.environ.get('PYTHONPATH')]))}
+  out = tmp_path / 'out.npz'
+  done = subprocess.run([sys.executable, sharding_worker.__file__, str(out)], env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
+  saved = np.load(out)
+  for case in sharding_worker.CASES:
+    assert saved[f'{case}/shard_map'], case
+    count = len([k for k in saved if k.startswith(f'{case}/pallas/')])
+    assert count == len([k for k in saved if k.startswith(f'{case}/per_direction/')]) > 2
+    for i in range(count):
+      got = saved[f'{case}/pallas/{i}']
+      _close(got, saved[f'{case}/per_direction/{i}'], f'{case} output/gradient {i}')
+      _close(got, saved[f'{case}/pallas_one_device/{i}'], f'{case} one device, {i}')
 
 
 def test_block_rows_are_powers_of_two_that_fit_on_chip():
