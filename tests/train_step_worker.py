@@ -1,8 +1,9 @@
 """The device-count runs of test_train_step.py, in their own process.
 
 `XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/train_step_worker.py OUT.npz`
-runs the same training steps (`run`) on 1 device ('one'), on 8 replicated ('eight') and on 8
-with fsdp ('fsdp'), and saves the results with keys '<run>/<key of run's result>'. It needs its
+runs the same training steps (`run`) on 1 device ('one'), on 8 replicated ('eight'), on 8
+with fsdp ('fsdp') and on 8 with fsdp and rnn_impl 'pallas' ('pallas_fsdp': its kernels in
+interpret mode, in a shard_map over each device's rows), and saves the results with keys '<run>/<key of run's result>'. It needs its
 own process because the device count is fixed when JAX starts.
 """
 
@@ -55,9 +56,10 @@ def batches(seed: int) -> list[dict[str, np.ndarray]]:
            'label': rng.integers(0, NUM_CLASSES, BATCH).astype(np.int32)} for _ in range(STEPS)]
 
 
-def run(num_devices: int, fsdp: bool) -> dict[str, np.ndarray]:
+def run(num_devices: int, fsdp: bool, rnn_impl: str = 'auto') -> dict[str, np.ndarray]:
   """`STEPS` steps with the paper's augmentation in the step (resize, flip, RandAugment, mixup,
-  cutmix, erasing) and drop path on `num_devices` devices.
+  cutmix, erasing) and drop path on `num_devices` devices, the model's RNNs run by `rnn_impl`
+  ('auto' is 'per_direction' on the CPU).
 
   The optimizer is SGD with momentum after global-norm clipping: the parameters are linear in
   the gradients. AdamW's per-element normalisation would magnify the rounding of gradient
@@ -67,7 +69,7 @@ def run(num_devices: int, fsdp: bool) -> dict[str, np.ndarray]:
   Returns the final parameters (by path), the metrics of each step (':loss', ':grad_norm'),
   and the sharding spec and first shard's shape of `BIG_LEAF` (':spec', ':shard').
   """
-  model = Sequencer(ARCH, num_classes=NUM_CLASSES, drop_path_rate=0.2)
+  model = Sequencer(ARCH, num_classes=NUM_CLASSES, drop_path_rate=0.2, rnn_impl=rnn_impl)
   optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.5, momentum=0.9))
   mesh = make_mesh(num_devices)
   state, shardings = create_train_state(
@@ -95,7 +97,8 @@ def main(path: str) -> None:
     raise SystemExit(f'needs XLA_FLAGS=--xla_force_host_platform_device_count={NUM_DEVICES}, '
                      f'found {jax.device_count()} devices')
   results = {'one': run(1, fsdp=False), 'eight': run(NUM_DEVICES, fsdp=False),
-             'fsdp': run(NUM_DEVICES, fsdp=True)}
+             'fsdp': run(NUM_DEVICES, fsdp=True),
+             'pallas_fsdp': run(NUM_DEVICES, fsdp=True, rnn_impl='pallas')}
   np.savez(path, **{f'{name}/{key}': value for name, result in results.items()
                     for key, value in result.items()})
 

@@ -24,7 +24,7 @@ from jax.sharding import PartitionSpec as P
 from sequencer_jax.data.device_augment import DeviceAugment
 from sequencer_jax.evaluation import metrics, runner
 from sequencer_jax.models import Sequencer
-from sequencer_jax.sharding import fsdp_spec, global_batch, make_mesh, param_shardings
+from sequencer_jax.sharding import fsdp_spec, global_batch, make_mesh, on_mesh, param_shardings
 from sequencer_jax.train.state import TrainState, create_train_state
 from sequencer_jax.train.step import make_train_step, soft_target_cross_entropy
 
@@ -60,7 +60,8 @@ def worker_process(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 @pytest.fixture(scope='module')
 def multi_device(worker_process: Any) -> dict[str, np.ndarray]:
-  """The worker's results: '<run>/<key>' for the runs 'one', 'eight' and 'fsdp'."""
+  """The worker's results: '<run>/<key>' for the runs 'one', 'eight', 'fsdp' and
+  'pallas_fsdp'."""
   process, directory = worker_process
   returncode = process.wait(timeout=600)
   assert returncode == 0, (directory / 'log.txt').read_text()[-5000:]
@@ -92,6 +93,17 @@ def test_fsdp_spec():
   assert fsdp_spec((31, 97), 8, min_size=256) == P()  # Nothing divisible.
   assert fsdp_spec((32, 96), 8) == P()  # Under the default 2**14 elements.
   assert fsdp_spec((), 8, min_size=0) == P()
+
+
+def test_on_mesh_is_the_context_mesh_of_a_jitted_step():
+  """What the model's shard_maps run over ('pallas'), from a real mesh or an abstract one."""
+  abstract = jax.sharding.AbstractMesh((8,), ('data',))
+  for mesh in (make_mesh(), abstract):
+    seen = []
+    traced = jax.jit(on_mesh(lambda x: seen.append(jax.sharding.get_abstract_mesh()) or x, mesh))
+    traced.trace(np.zeros(8, np.float32))
+    assert seen == [mesh.abstract_mesh], mesh
+  assert jax.sharding.get_abstract_mesh().empty  # Nothing outlives the trace.
 
 
 def test_soft_target_cross_entropy():
@@ -261,3 +273,14 @@ def test_fsdp_equals_replicated(multi_device: dict[str, np.ndarray]):
   for key in (':loss', ':grad_norm'):
     np.testing.assert_allclose(fsdp[key], replicated[key], rtol=METRICS_RTOL)
   _assert_params_close(_params(fsdp), _params(replicated), 'fsdp vs replicated')
+
+
+@pytest.mark.slow
+def test_pallas_kernels_sharded_with_fsdp_equal_per_direction_on_one_device(multi_device):
+  """The kernels in a shard_map over the batch's rows, the fsdp-sharded weights gathered whole
+  into it, against 'per_direction' on one device."""
+  pallas, one = _run(multi_device, 'pallas_fsdp'), _run(multi_device, 'one')
+  assert pallas[':spec'] == str(P(None, 'data'))
+  for key in (':loss', ':grad_norm'):
+    np.testing.assert_allclose(pallas[key], one[key], rtol=METRICS_RTOL)
+  _assert_params_close(_params(pallas), _params(one), 'pallas on 8 devices with fsdp vs 1')
