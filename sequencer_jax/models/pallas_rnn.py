@@ -234,8 +234,9 @@ def _on_devices(kernel: Kernel, rowed: list[jax.Array], whole: list[jax.Array],
 
 def _forward_on_devices(gx: jax.Array, w: jax.Array, b: jax.Array, cell: CellType,
                         dtype: Dtype) -> list[jax.Array]:
+  """`_forward` on each device's rows: hs (4-d), then the saved activations (5-d) if any."""
   kernel = functools.partial(_forward, cell=cell, dtype=dtype)
-  return _on_devices(kernel, [gx], [w, b], [4, 5][:1 + bool(SAVED[cell])])
+  return _on_devices(kernel, [gx], [w, b], [4] + [5] * bool(SAVED[cell]))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
