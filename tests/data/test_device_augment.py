@@ -136,7 +136,7 @@ def _timm_erase(images_nchw, draws, boxes, reprob):
       return value
     return f
 
-  noise = torch.from_numpy(np.asarray(draws.noise)).permute(0, 3, 1, 2)
+  noise = torch.from_numpy(np.array(draws.noise)).permute(0, 3, 1, 2)
   current = {}
 
   def pixels(per_pixel, rand_color, patch_size, dtype, device):
