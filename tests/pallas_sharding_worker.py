@@ -5,7 +5,8 @@ runs each of `CASES` (the kernels in interpret mode) on a mesh of 8 CPU devices,
 `sharding.on_mesh` so that the kernels run in a `shard_map` over each device's rows, and the same
 computation on one device with 'pallas' and with 'per_direction'; it saves the output and every
 gradient of each ('<case>/pallas/<i>', '<case>/pallas_one_device/<i>', '<case>/per_direction/<i>')
-and whether the kernels were in a shard_map ('<case>/shard_map'). It needs its own process because the device count is fixed when JAX starts.
+and whether the kernels were in a shard_map ('<case>/shard_map'). It needs its own process
+because the device count is fixed when JAX starts.
 """
 
 from __future__ import annotations

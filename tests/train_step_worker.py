@@ -3,8 +3,9 @@
 `XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/train_step_worker.py OUT.npz`
 runs the same training steps (`run`) on 1 device ('one'), on 8 replicated ('eight'), on 8
 with fsdp ('fsdp') and on 8 with fsdp and rnn_impl 'pallas' ('pallas_fsdp': its kernels in
-interpret mode, in a shard_map over each device's rows), and saves the results with keys '<run>/<key of run's result>'. It needs its
-own process because the device count is fixed when JAX starts.
+interpret mode, in a shard_map over each device's rows), and saves the results with keys
+'<run>/<key of run's result>'. It needs its own process because the device count is fixed when
+JAX starts.
 """
 
 from __future__ import annotations
