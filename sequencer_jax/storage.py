@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import sys
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,6 +31,9 @@ REMEDIES = {errno.ENOSPC: 'free space', errno.EDQUOT: 'free space or raise the q
             errno.EPERM: 'give this user write access', errno.EFBIG: 'raise the file-size limit'}
 _NOISY_LOGGERS = ('absl', 'asyncio')  # Where orbax's and clu's failed writes are logged.
 _TENSORSTORE_CODE = re.compile(r"os_error_code='(\d+)'")
+# Python's warning, at exit, for an orbax array write that never started (`quiet_io_failures`).
+_UNSTARTED_WRITE = (r"coroutine 'async_serialize_from_host\.<locals>\.write_fragment' "
+                    'was never awaited')
 
 
 class WriteFailure(OSError):
@@ -122,9 +126,11 @@ def quiet_io_failures() -> None:
 
   When one array of an orbax save or restore fails, orbax closes its event loop while TensorStore
   still completes the others: each completion reports "Event loop is closed" as an unraisable
-  exception, and the failing threads log their tracebacks. Only those reports and, for storage
-  failures, those log records are dropped. Installed once per process.
+  exception, the writes not yet started are collected at exit as coroutines "never awaited" (a
+  RuntimeWarning), and the failing threads log their tracebacks. Only those reports, that warning
+  and, for storage failures, those log records are dropped. Installed once per process.
   """
+  warnings.filterwarnings('ignore', _UNSTARTED_WRITE, RuntimeWarning)  # Added once: deduplicated.
   for name in _NOISY_LOGGERS:
     logger = logging.getLogger(name)
     if not any(isinstance(f, _DropStorageFailureRecords) for f in logger.filters):
