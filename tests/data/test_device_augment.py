@@ -1,6 +1,7 @@
 """The train step's augmentation against timm's on the same draws: FastCollateMixup on uint8
 images (rounding included), the prefetcher's normalisation, RandomErasing after it; and the
-groups that fix one lambda per 256 images."""
+groups that fix one lambda per 256 images. Compiled as the training step compiles (XLA's
+default optimisation level, `production_jit`), not at the suite's -O0."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 from timm.data import random_erasing as timm_erasing
 from timm.data.mixup import FastCollateMixup
 
+from production import production_jit
 from sequencer_jax.data import device_augment as dev
 from sequencer_jax.data import randaugment
 from sequencer_jax.data.mixup import MixupConfig, mix_with_reversed, mixup_cutmix
@@ -46,7 +48,7 @@ def test_uint8_mixup_equals_fast_collate_mixup(lam):
   1e-6."""
   images, labels = _uint8_batch()
   want_x, want_y = _timm_fast_collate(images, labels, lam, False, 0)
-  for mix in (mix_with_reversed, jax.jit(mix_with_reversed, static_argnums=(6, 7))):
+  for mix in (mix_with_reversed, production_jit(mix_with_reversed, static_argnums=(6, 7))):
     got_x, got_y = mix(jnp.asarray(images), jnp.asarray(labels), jnp.asarray(False),
                        jnp.asarray(lam, jnp.float32), jnp.asarray(0), jnp.asarray(0), K, 0.1)
     assert got_x.dtype == jnp.uint8
@@ -72,7 +74,7 @@ def test_normalisation_is_the_prefetchers():
   mean = torch.tensor([x * 255 for x in dev.IMAGENET_MEAN]).view(1, 3, 1, 1)
   std = torch.tensor([x * 255 for x in dev.IMAGENET_STD]).view(1, 3, 1, 1)
   want = torch.from_numpy(images).permute(0, 3, 1, 2).float().sub_(mean).div_(std)
-  got = jax.jit(dev.normalize)(images)
+  got = production_jit(dev.normalize)(images)
   np.testing.assert_allclose(np.asarray(got), want.permute(0, 2, 3, 1).numpy(), rtol=0,
                              atol=1e-6)
 
@@ -103,7 +105,7 @@ def test_each_group_draws_its_own_lambda():
     dev.mix_groups(images, labels, key, config, group_size=3)
 
 
-@jax.jit  # One compilation for both probabilities.
+@production_jit  # One compilation for both probabilities, as the step compiles.
 def _erase_with_draws(images, key, reprob):
   """RandomErasing with fresh draws: the erased images, the draws (as a dict of their fields)
   and each image's box."""

@@ -5,14 +5,16 @@ Images: smooth random colours plus noise, 224x224 with levels in [10, 240] and 1
 with flat blocks and saturated stripes. Each op runs once per image on a batch of 20 copies,
 one per case (magnitudes 0, 3.3, 5, 9, 10 as float32, both signs, bilinear and bicubic: one
 compilation per image size for all ops), and timm gets each case's magnitude as the same
-double. Bounds asserted, per op, image and case:
+double. The ops, RandAugment and ColorJitter are compiled as in the training step, at XLA's
+default optimisation level (`production_jit`), not the suite's -O0. Bounds asserted, per op,
+image and case:
 
 * every colour / histogram op (AutoContrast, Equalize, Invert, Posterize[Increasing],
   Solarize[Increasing], SolarizeAdd, Color/Contrast/Brightness/Sharpness[Increasing]) at
   magnitudes 0, 3.3, 5, 9, 10, both signs: exact (max |diff| 0). Measured: 0.
 * geometric ops (Rotate, ShearX/Y, TranslateX/YRel) at magnitudes 0, 3.3, 5, 9, 10, both signs,
   bilinear and bicubic: max |diff| <= 1 and mean |diff| <= 1e-4. Measured: exact (max 0 in
-  every case, at XLA's backend optimisation levels 0 and 3), as no float64 product of the
+  every case, compiled at XLA's default level; also at -O0), as no float64 product of the
   geometry reaches an add unrounded; with the FMAs XLA contracts otherwise, 1 to 6 values of
   2-3 million per op and image were off by one (a case's mean at most 6e-5).
 * Posterize with 0 bits (PosterizeIncreasing at magnitude 10, Posterize below 2.5): black, as
@@ -51,6 +53,7 @@ import pytest
 from PIL import Image, ImageEnhance
 from timm.data import auto_augment
 
+from production import production_jit
 from sequencer_jax.data import color_jitter as cj
 from sequencer_jax.data import pil_ops
 from sequencer_jax.data import randaugment as ra
@@ -61,6 +64,10 @@ SIGNED = GEOMETRIC + ('ColorIncreasing', 'ContrastIncreasing', 'BrightnessIncrea
                       'SharpnessIncreasing')
 # (magnitude, negate, bicubic) of each image of a batch: one compilation per image size.
 CASES = list(itertools.product((0.0, 3.3, 5.0, 9.0, 10.0), (False, True), (False, True)))
+# Compiled as in the training step (XLA's default optimisation level, not the suite's -O0).
+_apply_op = production_jit(ra.apply_op, static_argnums=1)
+_rand_augment = production_jit(ra.rand_augment, static_argnames='config')
+_apply_color_jitter = production_jit(cj.apply_color_jitter)
 
 
 def _image(h: int, w: int, seed: int, flat: bool = False) -> np.ndarray:
@@ -99,7 +106,7 @@ def _op_diffs(name: str, image: np.ndarray) -> list[np.ndarray]:
   """|apply_op - timm| of op `name` on `image` for each of CASES (one batch)."""
   magnitude, negate, bicubic = (np.array(column) for column in zip(*CASES))
   magnitude = magnitude.astype(np.float32)
-  got = np.asarray(ra.apply_op(np.stack([image] * len(CASES)), name, magnitude, negate, bicubic))
+  got = np.asarray(_apply_op(np.stack([image] * len(CASES)), name, magnitude, negate, bicubic))
   return [_diff(out, _timm(image, name, float(m), n, b))
           for out, m, n, b in zip(got, magnitude, negate, bicubic, strict=True)]
 
@@ -121,10 +128,10 @@ def test_geometric_ops_match_pil(name, image_name):
 def test_posterize_zero_bits_is_black():
   images = np.stack([IMAGES['224x224']] * len(CASES))
   assert ra.level_to_arg('PosterizeIncreasing', 10.0) == 0
-  assert not np.asarray(ra.apply_op(images, 'PosterizeIncreasing', 10.0)).any()
+  assert not np.asarray(_apply_op(images, 'PosterizeIncreasing', 10.0)).any()
   low = np.linspace(0.0, 2.49, len(CASES)).astype(np.float32)
   assert np.all(ra.level_to_arg('Posterize', low) == 0)
-  assert not np.asarray(ra.apply_op(images, 'Posterize', low)).any()
+  assert not np.asarray(_apply_op(images, 'Posterize', low)).any()
 
 
 def _pil_rotation(degrees: float, height: int, width: int) -> list[float]:
@@ -164,7 +171,7 @@ def test_rotation_matrix_equals_pil():
       return pil_ops.rotation_matrix(d, height, width)
 
     with jax.enable_x64(True):
-      got = np.asarray(jax.jit(matrix)(jnp.asarray(degrees, jnp.float64)))
+      got = np.asarray(production_jit(matrix)(jnp.asarray(degrees, jnp.float64)))
     want = np.array([_pil_rotation(float(d), height, width) for d in degrees])
     np.testing.assert_array_equal(got, want)
 
@@ -224,14 +231,14 @@ def test_rand_augment_is_its_sampled_layers():
   config = ra.parse_rand_augment(PAPER)
   images = np.stack([_image(24, 32, 3 + k) for k in range(200)])
   layers = _layers(config, len(images), seed=11)
-  out = np.asarray(ra.rand_augment(images, layers, config))
+  out = np.asarray(_rand_augment(images, layers, config=config))
   want = images
   for j in range(config.num_ops):
     step = want.copy()
     for index, name in enumerate(config.ops):
       chosen = layers.applied[:, j] & (layers.op[:, j] == index)
       if chosen.any():
-        result = np.asarray(ra.apply_op(want, name, layers.magnitude[:, j], layers.negate[:, j],
+        result = np.asarray(_apply_op(want, name, layers.magnitude[:, j], layers.negate[:, j],
                                         layers.bicubic[:, j]))
         step[chosen] = result[chosen]
     want = step
@@ -260,9 +267,9 @@ def test_jit_batch_equals_each_image_alone_and_determinism():
                           magnitude=np.full(op.shape, 8.5, np.float32),
                           negate=np.arange(16).reshape(8, 2) % 3 == 0,
                           bicubic=np.arange(16).reshape(8, 2) % 2 == 0)
-  augment = jax.jit(lambda x, layers: ra.rand_augment(x, layers, config))
+  augment = production_jit(lambda x, layers: ra.rand_augment(x, layers, config))
   factors, order = cj.color_jitter_params(jax.random.key(3), len(images))
-  jitter = jax.jit(cj.apply_color_jitter)
+  jitter = _apply_color_jitter
   batch, jittered = np.asarray(augment(images, layers)), np.asarray(jitter(images, factors, order))
   assert len({tuple(o) for o in np.asarray(order)}) > 1
   for k in range(len(images)):
@@ -290,7 +297,7 @@ def test_color_jitter_equals_pil_enhance_in_order(image_name):
   cases = list(itertools.product(itertools.permutations(range(3)), factor_sets))
   factors = np.array([f for _, f in cases], np.float32)
   order = np.array([o for o, _ in cases], np.int32)
-  got = np.asarray(cj.apply_color_jitter(np.stack([image] * len(cases)), factors, order))
+  got = np.asarray(_apply_color_jitter(np.stack([image] * len(cases)), factors, order))
   for out, (case_order, case_factors) in zip(got, cases, strict=True):
     pil = Image.fromarray(image)
     for index in case_order:

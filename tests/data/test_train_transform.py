@@ -23,6 +23,7 @@ import tensorflow as tf
 from PIL import Image
 from timm.data import auto_augment
 
+from production import production_jit
 from sequencer_jax.data import device_augment, pipeline, randaugment, transforms
 
 SHAPES = ((150, 200), (200, 150), (120, 180))  # (height, width)
@@ -53,7 +54,8 @@ def _timm_op(image: Image.Image, name: str, magnitude: float, negate: bool,
     return op(image)
 
 
-_pil_transform = jax.jit(device_augment.pil_transform, static_argnames='config')
+# Compiled as in the training step (XLA's default optimisation level, not the suite's -O0).
+_pil_transform = production_jit(device_augment.pil_transform, static_argnames='config')
 
 
 @pytest.mark.parametrize('fused, bound', [(True, 0.5), (False, 0.0)])
