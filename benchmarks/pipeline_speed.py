@@ -14,8 +14,10 @@ timm's runs in this process with one torch thread, which is one core, as one Dat
 Each configuration runs one untimed pass (tracing, warm caches), then `--repeats` timed passes; the
 median pass gives images/s, and the process CPU time of that pass gives images per CPU-second (less
 sensitive to other load on the machine). The evaluation transform (decode, resize the shorter side
-to size / crop_pct, centre crop) is timed too, on one core each: timm's to uint8 (its prefetcher
-normalises on the accelerator), ours to normalised float32 (our evaluation normalises on the host).
+to size / crop_pct, centre crop) is timed too, on one core each: timm's whole transform to uint8
+(its prefetcher normalises on the accelerator), and the host's part of ours (decode, the crop's
+source window on the uint8 canvas with its Pillow coefficients; the step resizes and
+normalises, bit-exact).
 
 The device augmentation (`device_augment.augment_batch`, the paper's: resize, flip, RandAugment,
 Mixup/CutMix, normalisation, erasing) is timed jitted on this machine's JAX backend, on canvases
@@ -146,14 +148,15 @@ def ours_dataset(paths: Sequence[Path], image_size: int, augment: pipeline.Train
 
 
 def ours_eval_dataset(paths: Sequence[Path], data_config: DataConfig) -> tf.data.Dataset:
-  """read_file + our evaluation transform (decode, resize, centre crop, normalise) on one core."""
+  """read_file + the host's part of our evaluation transform (decode, the crop's source window
+  on the canvas and its coefficients; the step resizes and normalises) on one core."""
   options = tf.data.Options()
   options.deterministic = True
   options.threading.max_intra_op_parallelism = 1
   options.threading.private_threadpool_size = 1
   return (tf.data.Dataset.from_tensor_slices([str(p) for p in paths])
-          .map(lambda path: transforms.eval_transform(transforms.decode_rgb(tf.io.read_file(path)),
-                                                      data_config), num_parallel_calls=1)
+          .map(lambda path: transforms.eval_example(transforms.decode_rgb(tf.io.read_file(path)),
+                                                    data_config), num_parallel_calls=1)
           .with_options(options))
 
 

@@ -5,13 +5,16 @@
   classifier.predict_files(['photo.jpg', 'scan.png'])  # files: unreadable ones say why
 
 Each image goes through timm's evaluation transform with the model record's data config
-(input size, crop_pct, interpolation, mean, std). Files are refused by name, never decoded,
-when their header claims more than `max_pixels` pixels.
+(input size, crop_pct, interpolation, mean, std), as every evaluation does: prepared on the host
+(`eval_crop.prepare`), resized and normalised on the device with the forward, bit-exact to
+Pillow. Files are refused by name, never decoded, when their header claims more than
+`max_pixels` pixels.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -22,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from sequencer_jax import pretrained
-from sequencer_jax.data import folder, image_header, transforms, unreadable
+from sequencer_jax.data import eval_crop, folder, image_header, transforms, unreadable
 
 IMAGE_SUFFIXES = folder.DECODABLE_EXTENSIONS + ('.gif',)
 
@@ -62,18 +65,28 @@ def rgb_array(image: Any) -> np.ndarray:
   return np.repeat(array, 3, axis=-1) if array.shape[-1] == 1 else array[..., :3]
 
 
+def _batch(prepared: Sequence[dict[str, np.ndarray]], size: int) -> dict[str, np.ndarray]:
+  """Prepared images stacked field by field, zero-padded to `size` images."""
+  batch = {}
+  for name, _ in eval_crop.FIELDS:
+    stacked = np.stack([p[name] for p in prepared])
+    batch[name] = np.concatenate([stacked, np.zeros((size - len(stacked), *stacked.shape[1:]),
+                                                    stacked.dtype)])
+  return batch
+
+
 class Classifier:
   """A loaded model ready to classify images: its transform, a jitted forward, its labels."""
 
   def __init__(self, loaded: pretrained.Pretrained, batch_size: int = 32):
     self.model, self.variables, self.record = loaded
     self.batch_size = batch_size
-    config = self.record.data_config
-    self._transform = tf.function(lambda image: transforms.eval_transform(image, config))
+    model_input = functools.partial(eval_crop.model_input, config=self.record.data_config)
     self._decode = tf.function(transforms.decode_rgb)
     self._header = tf.function(image_header.header_size)
-    self._probabilities = jax.jit(
-        lambda variables, x: jax.nn.softmax(self.model.apply(variables, x).astype(jnp.float32)))
+    self._model_input = jax.jit(model_input)
+    self._probabilities = jax.jit(lambda variables, batch: jax.nn.softmax(
+        self.model.apply(variables, model_input(batch)).astype(jnp.float32)))
 
   @classmethod
   def from_source(cls, source: str, *, ema: bool = False, batch_size: int = 32) -> Classifier:
@@ -103,18 +116,21 @@ class Classifier:
       why = unreadable.reason(data, e.message)
       raise ImageError(f'{path} cannot be read as an image: {why}') from None
 
-  def preprocess(self, image: Any) -> np.ndarray:
-    """timm's eval transform of one image: (input_size, input_size, 3) float32."""
-    return self._transform(tf.constant(rgb_array(image))).numpy()
+  def prepare(self, image: Any) -> dict[str, np.ndarray]:
+    """The host's part of the eval transform of one image (PIL or uint8 array)."""
+    return eval_crop.prepare(rgb_array(image), self.record.data_config)
 
-  def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
-    """Class probabilities (N, num_classes) of preprocessed images, in fixed-size batches."""
+  def preprocess(self, image: Any) -> np.ndarray:
+    """timm's eval transform of one image, whole: (input_size, input_size, 3) float32."""
+    return np.asarray(self._model_input(_batch([self.prepare(image)], 1)))[0]
+
+  def probabilities(self, prepared: Sequence[dict[str, np.ndarray]]) -> np.ndarray:
+    """Class probabilities (N, num_classes) of prepared images, in fixed-size batches."""
     out = []
-    for start in range(0, len(images), self.batch_size):
-      chunk = np.stack(images[start:start + self.batch_size])
-      padded = np.zeros((self.batch_size, *chunk.shape[1:]), np.float32)
-      padded[:len(chunk)] = chunk
-      out.append(np.asarray(self._probabilities(self.variables, padded))[:len(chunk)])
+    for start in range(0, len(prepared), self.batch_size):
+      chunk = prepared[start:start + self.batch_size]
+      batch = _batch(chunk, self.batch_size)
+      out.append(np.asarray(self._probabilities(self.variables, batch))[:len(chunk)])
     return np.concatenate(out) if out else np.zeros((0, self.record.num_classes), np.float32)
 
   def top_k(self, probabilities: np.ndarray, k: int) -> list[dict[str, Any]]:
@@ -125,7 +141,7 @@ class Classifier:
 
   def predict(self, images: Sequence[Any], topk: int = 5) -> list[list[dict[str, Any]]]:
     """Top-k of each image (PIL images or uint8 arrays)."""
-    probabilities = self.probabilities([self.preprocess(image) for image in images])
+    probabilities = self.probabilities([self.prepare(image) for image in images])
     return [self.top_k(p, topk) for p in probabilities]
 
   def predict_files(self, paths: Sequence[str], topk: int = 5,
@@ -134,9 +150,9 @@ class Classifier:
 
     Files are read and transformed on every core, one batch at a time.
     """
-    def prepare(path: str) -> np.ndarray | str:
+    def prepare(path: str) -> dict[str, np.ndarray] | str:
       try:
-        return self.preprocess(self.read_file(path, max_pixels))
+        return self.prepare(self.read_file(path, max_pixels))
       except ImageError as e:
         return str(e)
 

@@ -28,8 +28,9 @@ import ml_collections
 from jax.sharding import AbstractMesh, AxisType, Mesh
 
 from configs import default
+from sequencer_jax.data import eval_crop
 from sequencer_jax.evaluation import runner
-from sequencer_jax.models import abstract_params
+from sequencer_jax.models import DataConfig, abstract_params
 from sequencer_jax.models.rnn_impls import RNN_IMPLS
 from sequencer_jax.sharding import DATA, make_mesh, param_shardings
 from sequencer_jax.train.config import build_model, build_optimizer, device_augment
@@ -117,9 +118,11 @@ def export_predict_step(config: ml_collections.ConfigDict, mesh: Mesh | Abstract
   params = abstract_params(model)
   step = runner.make_predict_step(model, mesh=mesh, with_loss=True,
                                   params_sharding=param_shardings(params, mesh, fsdp=False))
-  b, s = config.global_batch_size, config.data.image_size
-  batch = {'image': _struct((b, s, s, 3), jnp.float32), 'label': _struct((b,), jnp.int32),
-           'mask': _struct((b,), jnp.bool_), 'index': _struct((b,), jnp.int32)}
+  b = config.global_batch_size
+  shapes = eval_crop.shapes(DataConfig(config.data.image_size, config.data.crop_pct))
+  batch = {name: _struct((b, *shapes[name]), dtype) for name, dtype in eval_crop.FIELDS}
+  batch.update(label=_struct((b,), jnp.int32), mask=_struct((b,), jnp.bool_),
+               index=_struct((b,), jnp.int32))
   return _export(step, platform)(params, batch)
 
 

@@ -30,6 +30,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sequencer_jax.data import color_jitter, pil_resize, randaugment
 from sequencer_jax.data.mixup import MixupConfig, mixup_cutmix, smooth_one_hot
@@ -72,12 +73,22 @@ class DeviceAugment:
                        f'in [0, 1]')
 
 
+def normalization_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+  """timm's prefetcher normalisation of every uint8 level, float32 [256, channels]: (x - m) / s
+  with m and s float32 of the doubles 255 mean and 255 std, in float32 as torch computes it."""
+  levels = np.arange(256, dtype=np.float32)[:, None]
+  return ((levels - np.array([255 * m for m in mean], np.float32))
+          / np.array([255 * s for s in std], np.float32))
+
+
 def normalize(images: jax.Array, mean: tuple[float, ...] = IMAGENET_MEAN,
               std: tuple[float, ...] = IMAGENET_STD) -> jax.Array:
-  """uint8 (0..255) images -> float32, as timm's prefetcher: (x - 255 mean) / (255 std)."""
-  mean = 255.0 * jnp.asarray(mean, jnp.float32)
-  std = 255.0 * jnp.asarray(std, jnp.float32)
-  return (images.astype(jnp.float32) - mean) / std
+  """uint8 (0..255) images [..., C] -> float32, as timm's prefetcher: (x - 255 mean) / (255 std).
+
+  A lookup in `normalization_table`, computed on the host: the compilers turn a division by a
+  constant into a multiplication by its reciprocal (1 ulp off), and TPUs divide inexactly."""
+  table = jnp.asarray(normalization_table(mean, std))
+  return table[images.astype(jnp.int32), jnp.arange(table.shape[1])]
 
 
 def mix_groups(images: jax.Array, labels: jax.Array, rng: jax.Array, config: MixupConfig,

@@ -31,7 +31,8 @@ not depend on the platform's matmul precision or its accumulation order.
 
 The horizontal flip is folded into the horizontal matrix (its output rows reversed), so it
 costs nothing; a side resized to its own size is the identity (Pillow's coefficients at scale
-1 are exactly one tap of 2^22).
+1 are exactly one tap of 2^22). The few images that a canvas cannot hold are resized on the host
+by Pillow itself (`pillow_resize`).
 """
 
 from __future__ import annotations
@@ -66,6 +67,14 @@ def max_taps(canvas_size: int, out_size: int) -> int:
   return 2 * math.ceil(SUPPORT[True] * max(canvas_size / out_size, 1.0)) + 1
 
 
+def pillow_resize(image: np.ndarray, height: int, width: int, bicubic: bool) -> np.ndarray:
+  """Pillow's own `resize((width, height), BICUBIC or BILINEAR)` of uint8 RGB pixels, on the
+  host: for the images too large for the canvas. (Imported here: the device needs no Pillow.)"""
+  from PIL import Image
+  resample = Image.Resampling.BICUBIC if bicubic else Image.Resampling.BILINEAR
+  return np.asarray(Image.fromarray(image).resize((int(width), int(height)), resample))
+
+
 def _filter(x: np.ndarray, bicubic: np.ndarray) -> np.ndarray:
   """Pillow's bilinear (triangle) or bicubic (a = -0.5) filter, float64, in its order."""
   a = -0.5
@@ -77,14 +86,15 @@ def _filter(x: np.ndarray, bicubic: np.ndarray) -> np.ndarray:
 
 
 def pillow_coefficients(in_size: np.ndarray, out_size: np.ndarray, bicubic: np.ndarray,
-                        first: np.ndarray, count: int, taps: int
-                        ) -> tuple[Coefficients, np.ndarray]:
+                        first: np.ndarray, count: int,
+                        taps: int) -> tuple[Coefficients, np.ndarray]:
   """Pillow's coefficients of output positions first .. first + count - 1 when `in_size`
   pixels are resized to `out_size`, for N axes at once (host NumPy, float64 as Pillow).
 
   `in_size`, `out_size`, `first` int [N], `bicubic` bool [N]. Returns the coefficients with
-  `taps` taps (int32 [N, count] and [N, count, taps]) and each axis's largest kernel, int [N]:
-  where it exceeds `taps`, the coefficients are cut short and must not be used.
+  `taps` taps (int32 [N, count] and [N, count, taps]) and each position's end, one past its
+  last input pixel (int32 [N, count]): where end - start exceeds `taps`, the coefficients are
+  cut short and must not be used.
   """
   n = np.asarray(in_size, np.float64)[:, None]
   scale = n / np.asarray(out_size, np.float64)[:, None]
@@ -105,8 +115,7 @@ def pillow_coefficients(in_size: np.ndarray, out_size: np.ndarray, bicubic: np.n
                                                                     total)[..., None], weights)
   scaled = normalised * float(1 << PRECISION_BITS)
   fixed = np.trunc(np.where(normalised < 0, -0.5 + scaled, 0.5 + scaled)).astype(np.int32)
-  return (Coefficients(xmin.astype(np.int32), fixed),
-          kernel.max(axis=1).astype(np.int64))
+  return Coefficients(xmin.astype(np.int32), fixed), xmax.astype(np.int32)
 
 
 @functools.cache

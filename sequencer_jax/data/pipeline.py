@@ -1,4 +1,4 @@
-"""tf.data pipelines: the host's part of timm's training augmentation and its validation
+"""tf.data pipelines: the host's part of timm's training augmentation and of its validation
 transform, per process.
 
 For training the host only reads, decodes the crop window and places it on a fixed uint8
@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import tensorflow as tf
 
-from sequencer_jax.data import image_header, pil_resize, transforms, unreadable
+from sequencer_jax.data import eval_crop, image_header, pil_resize, transforms, unreadable
 from sequencer_jax.errors import DatasetError
 from sequencer_jax.data.sources import Source
 from sequencer_jax.models.data_config import DataConfig
@@ -245,10 +245,13 @@ class TrainSteps:
 def eval_batches(source: Source, *, batch_size: int, data_config: DataConfig,
                  process_index: int = 0, process_count: int = 1,
                  max_pixels: int = image_header.MAX_PIXELS) -> _Batches:
-  """This process's evaluation batches: {'image', 'label', 'mask', 'index'} with b = batch_size /
-  process_count, each image through timm's eval transform with `data_config`. `index` is the
-  image's index in the whole split (-1 for padding, whose mask is False). Every process runs the
-  same number of batches. Images over `max_pixels` are skipped undecoded, and named."""
+  """This process's evaluation batches, b = batch_size / process_count images each: the host's
+  part of timm's eval transform with `data_config` (`eval_crop.prepare`: 'image' canvases with
+  their resize's coefficients, which `eval_crop.model_input` turns into the model's input in the
+  step), 'label', 'mask' and 'index', the image's index in the whole split (-1 for padding,
+  whose mask is False). Every process runs the same number of batches. Images over
+  `max_pixels` are skipped undecoded, and named; `host_resized` counts those resized on the
+  host (too large for the canvas)."""
   if batch_size % process_count:
     raise ValueError(f'the eval batch {batch_size} does not split evenly over {process_count} '
                      f'processes')
@@ -256,16 +259,16 @@ def eval_batches(source: Source, *, batch_size: int, data_config: DataConfig,
   num_batches = math.ceil(max(source.shard_size(i, process_count)
                               for i in range(process_count)) / local)
   start = source.shard_start(process_index, process_count)
-  size = data_config.input_size
 
   def example(position, record):
     encoded = image_header.refuse_over_limit(record['image'], max_pixels)
-    image = transforms.eval_transform(transforms.decode_rgb(encoded), data_config)
-    return {'image': image, 'label': record['label'], 'mask': True, 'position': position,
+    prepared = transforms.eval_example(transforms.decode_rgb(encoded), data_config)
+    return {**prepared, 'label': record['label'], 'mask': True, 'position': position,
             'index': tf.cast(start + position, tf.int32)}
 
+  shapes = eval_crop.shapes(data_config)
   padding = tf.data.Dataset.from_tensors({
-      'image': tf.zeros((size, size, 3), tf.float32),
+      **{name: tf.zeros(shapes[name], dtype) for name, dtype in eval_crop.FIELDS},
       'label': tf.constant(0, tf.int32), 'mask': False,
       'position': tf.constant(-1, tf.int64), 'index': tf.constant(-1, tf.int32)}).repeat()
   dataset = (source.records(process_index, process_count).enumerate()

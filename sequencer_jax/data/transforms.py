@@ -1,4 +1,6 @@
-"""Image transforms in TensorFlow (CPU), matching timm's PIL/torchvision ones."""
+"""The host's image transforms in TensorFlow (CPU): decoding, timm's RandomResizedCrop window on
+a canvas, and the host's part of the eval transform; the resizes themselves are Pillow's
+(`pil_resize`, `eval_crop`)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-from sequencer_jax.models.data_config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
+from sequencer_jax.data import eval_crop, pil_resize
+from sequencer_jax.models.data_config import DataConfig
 
 
 def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
@@ -20,46 +23,6 @@ def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
       lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method='INTEGER_ACCURATE'),
       lambda: tf.ensure_shape(tf.io.decode_image(encoded, channels=3, expand_animations=False),
                               [None, None, 3]))
-
-
-def normalize(image: tf.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN,
-              std: tuple[float, ...] = IMAGENET_STD) -> tf.Tensor:
-  """uint8 (or 0..255 float) RGB -> float32 normalised with `mean` and `std` (0..1 scale)."""
-  image = tf.cast(image, tf.float32) / 255.0
-  return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
-
-
-def resize_shorter_side(image: tf.Tensor, size: int, method: str = 'bicubic') -> tf.Tensor:
-  """torchvision `Resize(size)` with PIL's filter: shorter side -> size, longer side truncated.
-
-  TF's antialiased bicubic (Keys, a = -0.5) and bilinear are PIL's filters; the result is
-  rounded and clipped to uint8 as PIL's is.
-  """
-  shape = tf.shape(image)
-  h, w = shape[0], shape[1]
-  short, long = tf.minimum(h, w), tf.maximum(h, w)
-  new_long = tf.cast(tf.cast(size, tf.float64) * tf.cast(long, tf.float64) /
-                     tf.cast(short, tf.float64), tf.int32)
-  new_h, new_w = tf.cond(w <= h, lambda: (new_long, size), lambda: (size, new_long))
-  resized = tf.image.resize(image, tf.stack([new_h, new_w]), method=method, antialias=True)
-  return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
-
-
-def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
-  """torchvision `CenterCrop(size)`: offsets round((extent - size) / 2), half to even."""
-  shape = tf.shape(image)
-  top = tf.cast(tf.round(tf.cast(shape[0] - size, tf.float64) / 2.0), tf.int32)
-  left = tf.cast(tf.round(tf.cast(shape[1] - size, tf.float64) / 2.0), tf.int32)
-  return image[top:top + size, left:left + size]
-
-
-def eval_transform(image: tf.Tensor, config: DataConfig) -> tf.Tensor:
-  """timm's validation transform with a model's data config: resize the shorter side to
-  floor(input_size / crop_pct), centre-crop input_size, normalise. uint8 RGB in, float32
-  (input_size, input_size, 3) out."""
-  image = resize_shorter_side(image, int(math.floor(config.input_size / config.crop_pct)),
-                              config.interpolation)
-  return normalize(center_crop(image, config.input_size), config.mean, config.std)
 
 
 def _uniform(seed: tf.Tensor, low: float | tf.Tensor = 0.0, high: float | tf.Tensor = 1.0,
@@ -119,18 +82,23 @@ def random_resized_crop_window(height: tf.Tensor, width: tf.Tensor, seed: tf.Ten
                     (math.log(ratio[0]), math.log(ratio[1])), fallback)
 
 
-def resize_to(image: tf.Tensor, size: int, method: tf.Tensor | str) -> tf.Tensor:
-  """PIL's `resize((size, size), BILINEAR or BICUBIC)` (antialiased), uint8 in and out.
+def pillow_resize(image: tf.Tensor, size: int, bicubic: tf.Tensor) -> tf.Tensor:
+  """Pillow's `resize((size, size), BICUBIC if bicubic else BILINEAR)` of uint8 RGB pixels
+  (`pil_resize.pillow_resize`, on the host)."""
+  resized = tf.numpy_function(
+      lambda pixels, cubic: pil_resize.pillow_resize(pixels, size, size, bool(cubic)),
+      [image, bicubic], tf.uint8, stateful=False)
+  return tf.ensure_shape(resized, [size, size, 3])
 
-  `method` is 'bilinear', 'bicubic', or a boolean tensor (True: bicubic) for a random choice.
-  """
-  def resize(name):
-    out = tf.image.resize(image, (size, size), method=name, antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
 
-  if isinstance(method, str):
-    return resize(method)
-  return tf.cond(method, lambda: resize('bicubic'), lambda: resize('bilinear'))
+def eval_example(image: tf.Tensor, config: DataConfig) -> dict[str, tf.Tensor]:
+  """The host's part of timm's eval transform (`eval_crop.prepare`) of decoded uint8 RGB."""
+  names, dtypes = zip(*eval_crop.FIELDS)
+  values = tf.numpy_function(
+      lambda pixels: tuple(eval_crop.prepare(pixels, config)[name] for name in names),
+      [image], [tf.as_dtype(d) for d in dtypes], stateful=False)
+  shapes = eval_crop.shapes(config)
+  return {name: tf.ensure_shape(value, shapes[name]) for name, value in zip(names, values)}
 
 
 def decode_crop_on_canvas(encoded: tf.Tensor, seed: tf.Tensor, canvas_size: int, out_size: int,
@@ -144,8 +112,8 @@ def decode_crop_on_canvas(encoded: tf.Tensor, seed: tf.Tensor, canvas_size: int,
   Returns {'image': the canvas, 'crop_size': int32 (height, width) of the crop on it,
   'bicubic': the filter drawn (bool), 'host_resized': bool}. The resize to `out_size` runs in
   the train step (`pil_resize.resize_crops`). A crop larger than the canvas on either side is
-  resized here (`resize_to`, the filter drawn) and placed as an out_size crop, which the step's
-  resize leaves unchanged.
+  resized here by Pillow (`pillow_resize`, the filter drawn) and placed as an out_size crop,
+  which the step's resize leaves unchanged.
 
   `interpolation` is 'bilinear', 'bicubic' or 'random' (either, with probability 1/2, as timm's
   default `--train-interpolation random`). With `fused`, JPEGs decode only the crop window, which
@@ -181,7 +149,7 @@ def decode_crop_on_canvas(encoded: tf.Tensor, seed: tf.Tensor, canvas_size: int,
     crop = decode_then_crop()
   shape = tf.shape(crop)
   too_large = tf.reduce_any(shape[:2] > canvas_size)
-  crop = tf.cond(too_large, lambda: resize_to(crop, out_size, bicubic), lambda: crop)
+  crop = tf.cond(too_large, lambda: pillow_resize(crop, out_size, bicubic), lambda: crop)
   crop_size = tf.shape(crop)[:2]
   canvas = tf.pad(crop, [[0, canvas_size - crop_size[0]], [0, canvas_size - crop_size[1]], [0, 0]])
   return {'image': tf.ensure_shape(canvas, [canvas_size, canvas_size, 3]),

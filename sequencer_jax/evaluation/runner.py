@@ -14,7 +14,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from sequencer_jax import sharding
-from sequencer_jax.data import image_header, pipeline
+from sequencer_jax.data import eval_crop, image_header, pipeline
 from sequencer_jax.evaluation import attacks
 from sequencer_jax.evaluation.attacks import Attack
 from sequencer_jax.evaluation.metrics import Metric
@@ -27,16 +27,21 @@ PredictStep = Callable[[Any, dict], dict]
 def make_predict_step(model: nn.Module, *, mesh: Mesh, params_sharding: Any,
                       classes: tuple[int, ...] | None = None, with_loss: bool = False,
                       attack: Attack | None = None,
-                      data_config: DataConfig = DataConfig()) -> PredictStep:
+                      data_config: DataConfig = DataConfig(),
+                      inputs: Callable[[dict], jax.Array] | None = None) -> PredictStep:
   """The jitted `(params, batch) -> {'top5', 'label', 'index', 'mask'}`, replicated on every
   process: each image's five best classes (within `classes` when given), best first, and with
   `with_loss` its cross-entropy against its label (`loss`, float32).
 
-  With `attack`, each image is first perturbed against its label on the full logits, in [0, 1]
-  pixels: the batch's images, normalised with `data_config`'s mean and std, are taken back to
-  [0, 1], attacked through the normalisation, and normalised again."""
+  `inputs(batch)` gives the model's input images; by default the batch is `eval_batches`'s and
+  its crops are resized and normalised with `data_config`'s mean and std
+  (`eval_crop.model_input`). With `attack`, each image is first perturbed against its label on
+  the full logits, in [0, 1] pixels: the normalised images are taken back to [0, 1], attacked
+  through the normalisation, and normalised again."""
   subset = None if classes is None else jnp.asarray(classes)
   mean, std = jnp.asarray(data_config.mean), jnp.asarray(data_config.std)
+  if inputs is None:
+    inputs = functools.partial(eval_crop.model_input, config=data_config)
 
   def summed_cross_entropy(params: Any, pixels: jax.Array, labels: jax.Array) -> jax.Array:
     logits = model.apply({'params': params}, (pixels - mean) / std).astype(jnp.float32)
@@ -44,7 +49,7 @@ def make_predict_step(model: nn.Module, *, mesh: Mesh, params_sharding: Any,
     return -jnp.take_along_axis(log_probs, labels[:, None], axis=-1).sum()
 
   def step(params: Any, batch: dict) -> dict:
-    images = batch['image']
+    images = inputs(batch)
     if attack is not None:
       loss = functools.partial(summed_cross_entropy, params)
       pixels = attacks.perturb(attack, loss, images * std + mean, batch['label'], batch['index'])

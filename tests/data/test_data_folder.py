@@ -1,10 +1,9 @@
-"""Image folders (class ids as torchvision's ImageFolder), decoding of messy files, and the eval
-transform against PIL (timm's): mean |diff| <= 0.5 and 99th percentile <= 3 grey levels of 255."""
+"""Image folders (class ids as torchvision's ImageFolder) and decoding of messy files (the eval
+transform is tested in test_eval_crop.py)."""
 
 from __future__ import annotations
 
 import io
-import math
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ from PIL import Image
 
 from sequencer_jax.data import folder, transforms
 from sequencer_jax.errors import DatasetError
-from sequencer_jax.models import DataConfig
 
 
 def _image(h=40, w=50, seed=0):
@@ -76,35 +74,3 @@ def test_messy_files_decode_to_rgb_like_pil(tmp_path, mode, fmt):
   want = np.asarray(Image.open(io.BytesIO(data)).convert('RGB'))
   assert got.shape == want.shape and got.dtype == np.uint8
   np.testing.assert_array_equal(got, want)
-
-
-def _pil_eval(image, size, crop_pct, interpolation):
-  scale = int(math.floor(size / crop_pct))
-  w, h = image.size
-  if w <= h:
-    new_w, new_h = scale, int(scale * h / w)
-  else:
-    new_w, new_h = int(scale * w / h), scale
-  resized = image.resize((new_w, new_h), {'bicubic': Image.BICUBIC,
-                                          'bilinear': Image.BILINEAR}[interpolation])
-  top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
-  return np.asarray(resized.crop((left, top, left + size, top + size))).astype(np.float32)
-
-
-@pytest.mark.parametrize('h, w, config', [
-    (375, 500, DataConfig(224, 0.875)), (500, 375, DataConfig(224, 0.875)),
-    (333, 333, DataConfig(224, 0.875)), (32, 32, DataConfig(224, 0.875)),
-    (480, 640, DataConfig(392, 1.0)), (301, 299, DataConfig(224, 0.9)),
-    (301, 299, DataConfig(160, 0.95, 'bilinear', (0.5, 0.5, 0.5), (0.25, 0.5, 0.75)))])
-def test_eval_transform_matches_pil(h, w, config):
-  """timm's eval transform with a model's data config (size, crop_pct, filter, mean, std)."""
-  image = _image(h, w, seed=h + w)
-  want = _pil_eval(image, config.input_size, config.crop_pct, config.interpolation)
-  size = config.input_size
-  # Eagerly, and as tf.data and predict run it: a graph, whose rounding can differ by one level.
-  for transform in (transforms.eval_transform, tf.function(transforms.eval_transform)):
-    got = transform(tf.constant(np.asarray(image)), config).numpy()
-    assert got.shape == (size, size, 3) and got.dtype == np.float32
-    pixels = (got * np.array(config.std) + np.array(config.mean)) * 255
-    diff = np.abs(pixels - want)
-    assert diff.mean() <= 0.5 and np.percentile(diff, 99) <= 3.0, (diff.mean(), diff.max())

@@ -75,8 +75,11 @@ def test_normalisation_is_the_prefetchers():
   std = torch.tensor([x * 255 for x in dev.IMAGENET_STD]).view(1, 3, 1, 1)
   want = torch.from_numpy(images).permute(0, 3, 1, 2).float().sub_(mean).div_(std)
   got = production_jit(dev.normalize)(images)
-  np.testing.assert_allclose(np.asarray(got), want.permute(0, 2, 3, 1).numpy(), rtol=0,
-                             atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(got), want.permute(0, 2, 3, 1).numpy())
+  every_level = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=-1)
+  want = torch.from_numpy(every_level).permute(0, 3, 1, 2).float().sub_(mean).div_(std)
+  np.testing.assert_array_equal(np.asarray(production_jit(dev.normalize)(every_level)),
+                                want.permute(0, 2, 3, 1).numpy())
 
 
 def test_each_group_draws_its_own_lambda():

@@ -121,7 +121,8 @@ def test_the_predict_step_attacks_through_the_normalisation(models, batch):
   _, want_top1 = _torch_attack(reference, pixels, labels, attack, None)
   mesh = sharding.make_mesh()
   step = runner.make_predict_step(model, mesh=mesh, params_sharding=sharding.replicated(mesh),
-                                  attack=attack, data_config=CONFIG)
+                                  attack=attack, data_config=CONFIG,
+                                  inputs=lambda batch: batch['image'])
   out = step(params, sharding.global_batch(
       {'image': (pixels - MEAN) / STD, 'label': labels, 'index': index,
        'mask': np.ones(N, bool)}, mesh))
@@ -131,6 +132,7 @@ def test_the_predict_step_attacks_through_the_normalisation(models, batch):
   assert np.mean(got_top1 != clean) > 0.2  # It attacked.
 
 
+@pytest.mark.slow  # End to end (a command, or a process of its own).
 def test_evaluate_on_adversarial_images_says_so_and_repeats(tmp_path, capsys):
   model = Sequencer(ARCH, num_classes=1000)
   params = random_variables(model, np.zeros((1, SIZE, SIZE, 3), np.float32))['params']

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
 import os
 
@@ -17,10 +18,12 @@ from PIL import Image
 import sequencer_jax
 from sequencer_jax import evaluate as evaluate_command
 from sequencer_jax import sharding
+from sequencer_jax.data import device_augment, eval_crop
 from sequencer_jax.evaluation import metrics, runner, suites
 from sequencer_jax.inference import Classifier
 from sequencer_jax.labels import imagenet1k_wnids, imagenet_real_labels, subset_wnids
 from sequencer_jax.models import DataConfig, SequencerArch
+from production import production_jit
 from random_params import random_variables
 
 ARCH = SequencerArch(layers=(1, 1), patch_sizes=(4, 2), embed_dims=(16, 32), hidden_sizes=(4, 8))
@@ -42,7 +45,7 @@ def test_the_predict_step_restricts_to_the_subset():
   logits[0, 0, 0, [999, 13, 6, 11]] = [9.0, 3.0, 2.0, 1.0]  # 999 is outside the subset.
   logits[1, 0, 0, [11, 5]] = [1.0, 8.0]
   step = runner.make_predict_step(_Logits(), mesh=mesh, params_sharding=sharding.replicated(mesh),
-                                  classes=classes)
+                                  classes=classes, inputs=lambda batch: batch['image'])
   batch = {'image': logits, 'label': np.array([13, 11], np.int32),
            'index': np.array([4, 7], np.int32), 'mask': np.array([True, True])}
   out = jax.device_get(step({}, sharding.global_batch(batch, mesh)))
@@ -189,7 +192,8 @@ def test_bad_evaluations_get_one_line(model_dir, tmp_path, capsys):
 
 def test_imagenet_c_images_reach_the_model_unchanged(tmp_path):
   """validate_c.py's crop_pct 1.0: a 224 x 224 ImageNet-C file is the model's input, only
-  normalised (with the model's mean and std), whatever its data config; within 1e-6."""
+  normalised as timm's prefetcher does (with the model's mean and std), whatever its data
+  config; exactly, as the predict step's input is compiled."""
   paths = [_image(tmp_path / 'c' / 'fog' / '3' / WNIDS[7] / f'{i}.png', i, (224, 224))
            for i in range(3)]
   eval_set = suites.open_eval('imagenet_c', 'imagenet_c', str(tmp_path / 'c'))
@@ -200,9 +204,11 @@ def test_imagenet_c_images_reach_the_model_unchanged(tmp_path):
   mesh = sharding.make_mesh()
   seen = []
 
+  model_input = production_jit(functools.partial(eval_crop.model_input, config=model_config))
+
   def recording_step(params, batch):
     """Keeps the model's input; predicts class 0 for every image."""
-    seen.append(np.asarray(batch['image']))
+    seen.append(np.asarray(model_input(batch)))
     return {'top5': np.zeros((len(seen[-1]), 5), np.int32), 'label': batch['label'],
             'index': batch['index'], 'mask': batch['mask']}
 
@@ -210,12 +216,12 @@ def test_imagenet_c_images_reach_the_model_unchanged(tmp_path):
                            mesh=mesh)
   assert result['images'] == 3 and result['unnormalized_mce'] is None  # One cell: partial.
   got = np.concatenate(seen)[:3]
+  table = device_augment.normalization_table(model_config.mean, model_config.std)
   for path, image in zip(sorted(paths), got):
-    pixels = np.asarray(Image.open(path), np.float32) / 255
-    expected = (pixels - model_config.mean) / model_config.std
-    np.testing.assert_allclose(image, expected, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(image, table[np.asarray(Image.open(path)), np.arange(3)])
 
 
+@pytest.mark.slow  # End to end (a command, or a process of its own).
 def test_a_resolution_sweep_gives_a_result_per_size_and_a_plot(model_dir, tmp_path, capsys):
   for i, wnid in enumerate(WNIDS[:2]):
     for j in range(2):

@@ -62,6 +62,7 @@ def test_kernels_equal_the_reference_forward_and_backward(case):
   _close(got['pallas'][1:], got['per_direction'][1:], 'gradients')
 
 
+@pytest.mark.slow  # End to end (a command, or a process of its own).
 def test_kernels_sharded_over_eight_devices_equal_the_reference(tmp_path):
   """Each device runs the kernels on its own rows, padded to its blocks: a batch split over
   'data', and 18 rows of a replicated batch padded to 24 to split over 8."""

@@ -151,7 +151,8 @@ def test_the_predict_step_gives_training_its_loss_over_valid_examples():
   labels = np.where(mask, rng.integers(0, num_classes, batch_size), 0).astype(np.int32)
   mesh = make_mesh()
   step = runner.make_predict_step(_Linear(num_classes), mesh=mesh, with_loss=True,
-                                  params_sharding=param_shardings(params, mesh, fsdp=False))
+                                  params_sharding=param_shardings(params, mesh, fsdp=False),
+                                  inputs=lambda batch: batch['image'])
   batch = {'image': images, 'label': labels, 'mask': mask,
            'index': np.arange(batch_size, dtype=np.int32)}
   out = jax.device_get(step(params, global_batch(batch, mesh)))
