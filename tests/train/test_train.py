@@ -204,11 +204,14 @@ def test_eval_only_reproduces_validate(dataset, tmp_path):
   metrics = loop.train_and_evaluate(config, str(tmp_path / 'eval'))
   assert metrics['images'] == 18 and metrics['skipped'] == 0
   model = train_config.build_model(config)
-  from sequencer_jax.data import pipeline, sources
+  from sequencer_jax.data import eval_crop, pipeline, sources
+  data_config = DataConfig(28, config.data.crop_pct)
+  forward = jax.jit(lambda batch: model.apply({'params': params},
+                                              eval_crop.model_input(batch, data_config)))
   correct = 0
   for batch in pipeline.eval_batches(sources.open_source(dataset, 'val'), batch_size=8,
-                                     data_config=DataConfig(28, config.data.crop_pct)):
-    logits = jax.jit(model.apply)({'params': params}, batch['image'])
+                                     data_config=data_config):
+    logits = forward(batch)
     correct += int(np.sum((np.argmax(logits, -1) == batch['label']) & batch['mask']))
   assert metrics['top1'] == correct / 18
   with pytest.raises(train_config.ConfigError, match='eval_only needs init_from'):
