@@ -149,7 +149,8 @@ def ours_dataset(paths: Sequence[Path], image_size: int, augment: pipeline.Train
 
 def ours_eval_dataset(paths: Sequence[Path], data_config: DataConfig) -> tf.data.Dataset:
   """read_file + the host's part of our evaluation transform (decode, the crop's source window
-  on the canvas and its coefficients; the step resizes and normalises) on one core."""
+  on the canvas, and the coefficients per batch of 32; the step resizes and normalises) on one
+  core."""
   options = tf.data.Options()
   options.deterministic = True
   options.threading.max_intra_op_parallelism = 1
@@ -157,6 +158,9 @@ def ours_eval_dataset(paths: Sequence[Path], data_config: DataConfig) -> tf.data
   return (tf.data.Dataset.from_tensor_slices([str(p) for p in paths])
           .map(lambda path: transforms.eval_example(transforms.decode_rgb(tf.io.read_file(path)),
                                                     data_config), num_parallel_calls=1)
+          .batch(32)
+          .map(lambda batch: pipeline.eval_coefficients(batch, data_config))
+          .unbatch()
           .with_options(options))
 
 

@@ -6,8 +6,8 @@
 
 Each image goes through timm's evaluation transform with the model record's data config
 (input size, crop_pct, interpolation, mean, std), as every evaluation does: prepared on the host
-(`eval_crop.prepare`), resized and normalised on the device with the forward, bit-exact to
-Pillow. Files are refused by name, never decoded, when their header claims more than
+(`transforms.eval_example`, `eval_crop.add_coefficients`), resized and normalised on the device
+with the forward, bit-exact to Pillow. Files are refused by name, never decoded, when their header claims more than
 `max_pixels` pixels.
 """
 
@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from sequencer_jax import pretrained
 from sequencer_jax.data import eval_crop, folder, image_header, transforms, unreadable
+from sequencer_jax.models import DataConfig
 
 IMAGE_SUFFIXES = folder.DECODABLE_EXTENSIONS + ('.gif',)
 
@@ -65,14 +66,16 @@ def rgb_array(image: Any) -> np.ndarray:
   return np.repeat(array, 3, axis=-1) if array.shape[-1] == 1 else array[..., :3]
 
 
-def _batch(prepared: Sequence[dict[str, np.ndarray]], size: int) -> dict[str, np.ndarray]:
-  """Prepared images stacked field by field, zero-padded to `size` images."""
+def _batch(prepared: Sequence[dict[str, np.ndarray]], size: int,
+           config: DataConfig) -> dict[str, np.ndarray]:
+  """Prepared images stacked field by field, padded to `size` images (the padding marked
+  host-resized: zeros), with their resize coefficients."""
   batch = {}
-  for name, _ in eval_crop.FIELDS:
+  for name, _ in eval_crop.HOST_FIELDS:
     stacked = np.stack([p[name] for p in prepared])
-    batch[name] = np.concatenate([stacked, np.zeros((size - len(stacked), *stacked.shape[1:]),
-                                                    stacked.dtype)])
-  return batch
+    padding = np.full((size - len(stacked), *stacked.shape[1:]), name == 'host_resized')
+    batch[name] = np.concatenate([stacked, padding.astype(stacked.dtype)])
+  return eval_crop.add_coefficients(batch, config)
 
 
 class Classifier:
@@ -81,7 +84,10 @@ class Classifier:
   def __init__(self, loaded: pretrained.Pretrained, batch_size: int = 32):
     self.model, self.variables, self.record = loaded
     self.batch_size = batch_size
-    model_input = functools.partial(eval_crop.model_input, config=self.record.data_config)
+    config = self.record.data_config
+    model_input = functools.partial(eval_crop.model_input, config=config)
+    self._prepare = tf.function(lambda image: transforms.eval_example(image, config),
+                                input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
     self._decode = tf.function(transforms.decode_rgb)
     self._header = tf.function(image_header.header_size)
     self._model_input = jax.jit(model_input)
@@ -118,18 +124,19 @@ class Classifier:
 
   def prepare(self, image: Any) -> dict[str, np.ndarray]:
     """The host's part of the eval transform of one image (PIL or uint8 array)."""
-    return eval_crop.prepare(rgb_array(image), self.record.data_config)
+    return {k: v.numpy() for k, v in self._prepare(tf.constant(rgb_array(image))).items()}
 
   def preprocess(self, image: Any) -> np.ndarray:
     """timm's eval transform of one image, whole: (input_size, input_size, 3) float32."""
-    return np.asarray(self._model_input(_batch([self.prepare(image)], 1)))[0]
+    batch = _batch([self.prepare(image)], 1, self.record.data_config)
+    return np.asarray(self._model_input(batch))[0]
 
   def probabilities(self, prepared: Sequence[dict[str, np.ndarray]]) -> np.ndarray:
     """Class probabilities (N, num_classes) of prepared images, in fixed-size batches."""
     out = []
     for start in range(0, len(prepared), self.batch_size):
       chunk = prepared[start:start + self.batch_size]
-      batch = _batch(chunk, self.batch_size)
+      batch = _batch(chunk, self.batch_size, self.record.data_config)
       out.append(np.asarray(self._probabilities(self.variables, batch))[:len(chunk)])
     return np.concatenate(out) if out else np.zeros((0, self.record.num_classes), np.float32)
 

@@ -4,18 +4,18 @@ timm (torchvision on PIL images) resizes the shorter side to floor(input_size / 
 longer one to int(that * long / short), with Pillow's BICUBIC or BILINEAR, then crops the centre
 input_size square at offsets round((extent - input_size) / 2), half to even.
 
-The crop is a window of the resize's output rows and columns, so the host (`prepare`, NumPy)
-computes only those rows' and columns' Pillow coefficients (`pil_resize.pillow_coefficients`),
-takes the source pixels they read and sends them at the origin of a uint8 canvas with the
-coefficients, as integers. The device resizes them (`pil_resize.resize`) and normalises them as
-timm's prefetcher does (`model_input`). An image whose window does not fit the canvas (a source
-side beyond about canvas / input_size times the crop) is resized on the host by Pillow itself
-and sent as its crop with identity coefficients: exact too, only slower (`host_resized`).
+The crop is a window of the resize's output rows and columns, which reads a window of the source
+image. For each image the host (`transforms.eval_example`, in the tf.data graph) decodes, works
+out that geometry and places the source window at the origin of a uint8 canvas; for each batch
+it computes the crop's Pillow coefficients relative to the windows (`add_coefficients`, NumPy:
+`pil_resize.pillow_coefficients`), as integers. The device resizes (`pil_resize.resize`) and
+normalises as timm's prefetcher does (`model_input`). An image whose window does not fit the
+canvas (a source side beyond about canvas / input_size times the crop) is resized on the host by
+Pillow itself and sent as its crop with identity coefficients: exact too, only slower
+(`host_resized`).
 """
 
 from __future__ import annotations
-
-import math
 
 import jax
 import numpy as np
@@ -24,10 +24,15 @@ from sequencer_jax.data import device_augment, pil_resize
 from sequencer_jax.data.pil_resize import Coefficients
 from sequencer_jax.models.data_config import DataConfig
 
-# What `prepare` returns for one image, in this order, with each entry's dtype.
-FIELDS = (('image', np.uint8), ('row_start', np.int32), ('row_taps', np.int32),
-          ('col_start', np.int32), ('col_taps', np.int32), ('vertical', np.bool_),
-          ('host_resized', np.bool_))
+# Each image's fields from the host's transform: the canvas, the source's (height, width), its
+# resized (height, width), the crop's (top, left) in the resized image, the window's (top, left)
+# in the source, and whether the host resized it (then the canvas holds the crop itself).
+HOST_FIELDS = (('image', np.uint8), ('source_size', np.int32), ('resized_size', np.int32),
+               ('crop_offset', np.int32), ('origin', np.int32), ('host_resized', np.bool_))
+# The fields `add_coefficients` adds to a batch, which `model_input` reads with 'image'.
+COEFFICIENT_FIELDS = (('row_start', np.int32), ('row_taps', np.int32), ('col_start', np.int32),
+                      ('col_taps', np.int32), ('vertical', np.bool_))
+FIELDS = HOST_FIELDS + COEFFICIENT_FIELDS
 
 
 def canvas_size(input_size: int) -> int:
@@ -36,65 +41,41 @@ def canvas_size(input_size: int) -> int:
 
 
 def shapes(config: DataConfig) -> dict[str, tuple[int, ...]]:
-  """The shape of each field of `prepare` for one image."""
+  """The shape of each of FIELDS for one image."""
   size, canvas = config.input_size, canvas_size(config.input_size)
   taps = pil_resize.max_taps(canvas, size)
-  return {'image': (canvas, canvas, 3), 'row_start': (size,), 'row_taps': (size, taps),
-          'col_start': (size,), 'col_taps': (size, taps), 'vertical': (), 'host_resized': ()}
+  return {'image': (canvas, canvas, 3), 'source_size': (2,), 'resized_size': (2,),
+          'crop_offset': (2,), 'origin': (2,), 'host_resized': (), 'row_start': (size,),
+          'row_taps': (size, taps), 'col_start': (size,), 'col_taps': (size, taps), 'vertical': ()}
 
 
-def resized_size(height: int, width: int, config: DataConfig) -> tuple[int, int]:
-  """torchvision's `Resize(floor(input_size / crop_pct))` of a PIL image: (height, width)."""
-  short_side = math.floor(config.input_size / config.crop_pct)
-  short, long = min(height, width), max(height, width)
-  long_side = int(short_side * long / short)
-  return (long_side, short_side) if width <= height else (short_side, long_side)
-
-
-def _offset(extent: int, size: int) -> int:
-  return int(round((extent - size) / 2.0))  # torchvision's CenterCrop; Python rounds half to even.
-
-
-def _identity(size: int, taps: int) -> Coefficients:
-  weights = np.zeros((size, taps), np.int32)
-  weights[:, 0] = 1 << pil_resize.PRECISION_BITS
-  return Coefficients(np.arange(size, dtype=np.int32), weights)
-
-
-def prepare(image: np.ndarray, config: DataConfig) -> dict[str, np.ndarray]:
-  """The host's part of timm's eval transform of one uint8 RGB image (H, W, 3): the source
-  window on the canvas and its coefficients (the fields of `FIELDS`, shaped as `shapes`)."""
-  height, width = image.shape[:2]
+def add_coefficients(batch: dict[str, np.ndarray], config: DataConfig) -> dict[str, np.ndarray]:
+  """The batch of HOST_FIELDS with each crop's coefficients (COEFFICIENT_FIELDS) added. Images
+  resized on the host (and padding, marked so) get those of resizing the crop to itself: the
+  identity."""
   size, canvas = config.input_size, canvas_size(config.input_size)
   taps = pil_resize.max_taps(canvas, size)
-  new_h, new_w = resized_size(height, width, config)
-  bicubic = np.array([config.interpolation == 'bicubic'] * 2)
+  host = np.asarray(batch['host_resized'], bool)
+  source = np.where(host[:, None], size, batch['source_size'])  # [B, 2]: the identity's sides.
+  resized = np.where(host[:, None], size, batch['resized_size'])
+  first = np.where(host[:, None], 0, batch['crop_offset'])
+  origin = np.where(host[:, None], 0, batch['origin'])
+  bicubic = np.full(source.size, config.interpolation == 'bicubic')
   (start, weights), end = pil_resize.pillow_coefficients(
-      np.array([height, width]), np.array([new_h, new_w]), bicubic,
-      np.array([_offset(new_h, size), _offset(new_w, size)]), size, taps)
-  low, high = start.min(axis=1), end.max(axis=1)
-  fits = ((high - low) <= canvas).all() and ((end - start) <= taps).all()
-  out = np.zeros(shapes(config)['image'], np.uint8)
-  if fits:
-    (top, left), (bottom, right) = low, high
-    out[:bottom - top, :right - left] = image[top:bottom, left:right]
-    rows = Coefficients(start[0] - top, weights[0])
-    cols = Coefficients(start[1] - left, weights[1])
-    vertical = pil_resize.vertical_first(height, width, new_h, new_w)
-  else:
-    resized = pil_resize.pillow_resize(image, new_h, new_w, config.interpolation == 'bicubic')
-    top, left = _offset(new_h, size), _offset(new_w, size)
-    out[:size, :size] = resized[top:top + size, left:left + size]
-    rows = cols = _identity(size, taps)
-    vertical = False
-  return {'image': out, 'row_start': rows.start, 'row_taps': rows.taps,
-          'col_start': cols.start, 'col_taps': cols.taps, 'vertical': np.bool_(vertical),
-          'host_resized': np.bool_(not fits)}
+      source.reshape(-1), resized.reshape(-1), bicubic, first.reshape(-1), size, taps)
+  start = start.reshape(len(host), 2, size) - origin[:, :, None]
+  end = end.reshape(len(host), 2, size) - origin[:, :, None]
+  if start.min() < 0 or end.max() > canvas:  # The host's window is conservative: never.
+    raise AssertionError('a crop reads pixels outside its window on the canvas')
+  weights = weights.reshape(len(host), 2, size, taps)
+  vertical = pil_resize.vertical_first(source[:, 0], source[:, 1], resized[:, 0], resized[:, 1])
+  return {**batch, 'row_start': start[:, 0], 'row_taps': weights[:, 0],
+          'col_start': start[:, 1], 'col_taps': weights[:, 1], 'vertical': vertical}
 
 
 def model_input(batch: dict[str, jax.Array], config: DataConfig) -> jax.Array:
-  """The device's part: the prepared batch's crops, resized as Pillow resizes and normalised as
-  timm's prefetcher normalises, float32 (B, input_size, input_size, 3)."""
+  """The device's part: the batch's crops, resized as Pillow resizes and normalised as timm's
+  prefetcher normalises, float32 (B, input_size, input_size, 3)."""
   images = pil_resize.resize(batch['image'], Coefficients(batch['row_start'], batch['row_taps']),
                              Coefficients(batch['col_start'], batch['col_taps']),
                              batch['vertical'])

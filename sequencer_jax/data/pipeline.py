@@ -142,7 +142,7 @@ class _Batches:
         self._skip_until(position)
     self.images += int((positions >= 0).sum())
     if 'host_resized' in batch:
-      self.host_resized += int(batch.pop('host_resized').sum())
+      self.host_resized += int((batch.pop('host_resized') & (positions >= 0)).sum())
     if self.remaining == 0 and self._covers_end:
       self._skip_until(self._end_position)
     return batch
@@ -242,11 +242,25 @@ class TrainSteps:
       return next(self._batches)
 
 
+def eval_coefficients(batch: dict[str, tf.Tensor], config: DataConfig) -> dict[str, tf.Tensor]:
+  """A batch of `transforms.eval_example`s with their crops' coefficients added, one NumPy
+  call per batch (`eval_crop.add_coefficients`)."""
+  host_names = [name for name, _ in eval_crop.HOST_FIELDS]
+  names, dtypes = zip(*eval_crop.COEFFICIENT_FIELDS)
+  values = tf.numpy_function(
+      lambda *host: tuple(eval_crop.add_coefficients(dict(zip(host_names, host)), config)[name]
+                          for name in names),
+      [batch[name] for name in host_names], [tf.as_dtype(d) for d in dtypes], stateful=False)
+  shapes = eval_crop.shapes(config)
+  return {**batch, **{name: tf.ensure_shape(value, (None, *shapes[name]))
+                      for name, value in zip(names, values)}}
+
+
 def eval_batches(source: Source, *, batch_size: int, data_config: DataConfig,
                  process_index: int = 0, process_count: int = 1,
                  max_pixels: int = image_header.MAX_PIXELS) -> _Batches:
   """This process's evaluation batches, b = batch_size / process_count images each: the host's
-  part of timm's eval transform with `data_config` (`eval_crop.prepare`: 'image' canvases with
+  part of timm's eval transform with `data_config` (`eval_crop.FIELDS`: 'image' canvases with
   their resize's coefficients, which `eval_crop.model_input` turns into the model's input in the
   step), 'label', 'mask' and 'index', the image's index in the whole split (-1 for padding,
   whose mask is False). Every process runs the same number of batches. Images over
@@ -267,9 +281,9 @@ def eval_batches(source: Source, *, batch_size: int, data_config: DataConfig,
             'index': tf.cast(start + position, tf.int32)}
 
   shapes = eval_crop.shapes(data_config)
-  padding = tf.data.Dataset.from_tensors({
-      **{name: tf.zeros(shapes[name], dtype) for name, dtype in eval_crop.FIELDS},
-      'label': tf.constant(0, tf.int32), 'mask': False,
+  padding = tf.data.Dataset.from_tensors({  # Marked host-resized: its coefficients are the identity.
+      **{name: tf.zeros(shapes[name], dtype) for name, dtype in eval_crop.HOST_FIELDS},
+      'host_resized': True, 'label': tf.constant(0, tf.int32), 'mask': False,
       'position': tf.constant(-1, tf.int64), 'index': tf.constant(-1, tf.int32)}).repeat()
   dataset = (source.records(process_index, process_count).enumerate()
              .map(example, num_parallel_calls=tf.data.AUTOTUNE)
@@ -277,6 +291,7 @@ def eval_batches(source: Source, *, batch_size: int, data_config: DataConfig,
              .concatenate(padding)
              .batch(local)
              .take(num_batches)
+             .map(lambda batch: eval_coefficients(batch, data_config))
              .prefetch(2)
              .with_options(_options()))
   return _Batches(dataset, num_batches,

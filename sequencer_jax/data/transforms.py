@@ -91,14 +91,50 @@ def pillow_resize(image: tf.Tensor, size: int, bicubic: tf.Tensor) -> tf.Tensor:
   return tf.ensure_shape(resized, [size, size, 3])
 
 
+def _source_window(first: tf.Tensor, count: int, n: tf.Tensor, m: tf.Tensor
+                   ) -> tuple[tf.Tensor, tf.Tensor]:
+  """[low, high): the source pixels that output positions first .. first + count - 1 of Pillow's
+  resize of n pixels to m read, widened to be safe (int64 arithmetic): a position's taps lie
+  within its centre +- support + 1, and the support is at most 2 max(n / m, 1)."""
+  reach = 2 * ((tf.maximum(n, m) + m - 1) // m) + 2
+  low = tf.maximum(tf.constant(0, tf.int64), (first * n) // m - reach)
+  high = tf.minimum(n, ((first + count) * n + m - 1) // m + reach)
+  return low, high
+
+
 def eval_example(image: tf.Tensor, config: DataConfig) -> dict[str, tf.Tensor]:
-  """The host's part of timm's eval transform (`eval_crop.prepare`) of decoded uint8 RGB."""
-  names, dtypes = zip(*eval_crop.FIELDS)
-  values = tf.numpy_function(
-      lambda pixels: tuple(eval_crop.prepare(pixels, config)[name] for name in names),
-      [image], [tf.as_dtype(d) for d in dtypes], stateful=False)
-  shapes = eval_crop.shapes(config)
-  return {name: tf.ensure_shape(value, shapes[name]) for name, value in zip(names, values)}
+  """The host's part of timm's eval transform of decoded uint8 RGB (`eval_crop`): the geometry
+  and the source window on the canvas, or, for a window larger than the canvas, the crop
+  resized here by Pillow. The fields of `eval_crop.HOST_FIELDS`."""
+  size, canvas = config.input_size, eval_crop.canvas_size(config.input_size)
+  shape = tf.cast(tf.shape(image)[:2], tf.int64)
+  h, w = shape[0], shape[1]
+  short_side = math.floor(size / config.crop_pct)
+  short, long = tf.minimum(h, w), tf.maximum(h, w)
+  long_side = tf.cast(tf.cast(short_side * long, tf.float64) / tf.cast(short, tf.float64),
+                      tf.int64)  # Python's int(short_side * long / short).
+  resized = tf.where(w <= h, tf.stack([long_side, short_side]), tf.stack([short_side, long_side]))
+  offset = tf.cast(tf.round(tf.cast(resized - size, tf.float64) / 2.0), tf.int64)  # Half to even.
+  rows = _source_window(offset[0], size, h, resized[0])
+  cols = _source_window(offset[1], size, w, resized[1])
+  fits = (rows[1] - rows[0] <= canvas) & (cols[1] - cols[0] <= canvas)
+
+  def host_resized() -> tf.Tensor:
+    crop = tf.numpy_function(
+        lambda pixels, height, width, top, left: pil_resize.pillow_resize(
+            pixels, height, width, config.interpolation == 'bicubic')[
+                top:top + size, left:left + size],
+        [image, resized[0], resized[1], offset[0], offset[1]], tf.uint8, stateful=False)
+    return tf.ensure_shape(crop, [size, size, 3])
+
+  window = tf.cond(fits, lambda: image[rows[0]:rows[1], cols[0]:cols[1]], host_resized)
+  extent = tf.shape(window)[:2]
+  placed = tf.pad(window, [[0, canvas - extent[0]], [0, canvas - extent[1]], [0, 0]])
+  origin = tf.where(fits, tf.stack([rows[0], cols[0]]), tf.zeros(2, tf.int64))
+  return {'image': tf.ensure_shape(placed, [canvas, canvas, 3]),
+          'source_size': tf.cast(shape, tf.int32), 'resized_size': tf.cast(resized, tf.int32),
+          'crop_offset': tf.cast(offset, tf.int32), 'origin': tf.cast(origin, tf.int32),
+          'host_resized': tf.logical_not(fits)}
 
 
 def decode_crop_on_canvas(encoded: tf.Tensor, seed: tf.Tensor, canvas_size: int, out_size: int,

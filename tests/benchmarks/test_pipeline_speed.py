@@ -48,6 +48,7 @@ def test_both_eval_transforms_agree(jpegs):
   same crop, exactly."""
   config = bp.DataConfig(input_size=32)
   ours = list(bp.ours_eval_dataset(jpegs, config).batch(len(jpegs)).as_numpy_iterator())[0]
+  assert ours['image'].dtype == np.uint8
   crops = pil_resize.resize(ours['image'], Coefficients(ours['row_start'], ours['row_taps']),
                             Coefficients(ours['col_start'], ours['col_taps']), ours['vertical'])
   for path, crop in zip(jpegs, np.asarray(crops), strict=True):

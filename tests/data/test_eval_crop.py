@@ -1,6 +1,6 @@
-"""timm's evaluation transform (sequencer_jax.data.eval_crop: the host's window and
-coefficients, the device's resize) against Pillow, compiled at XLA's default optimisation level
-as evaluation compiles it (`production_jit`).
+"""timm's evaluation transform (the host's window, `transforms.eval_example`, and coefficients,
+`eval_crop.add_coefficients`; the device's resize) against Pillow, the device's part compiled at
+XLA's default optimisation level as evaluation compiles it (`production_jit`).
 
 The reference is timm's `transforms_imagenet_eval` with its prefetcher, on PIL images as
 torchvision runs it: the shorter side resized to floor(size / crop_pct) with Pillow 13's BICUBIC
@@ -20,11 +20,12 @@ import math
 import jax
 import numpy as np
 import pytest
+import tensorflow as tf
 import torch
 from PIL import Image
 
 from production import production_jit
-from sequencer_jax.data import eval_crop, pil_resize
+from sequencer_jax.data import eval_crop, pil_resize, transforms
 from sequencer_jax.data.pil_resize import Coefficients
 from sequencer_jax.models import DataConfig
 
@@ -66,8 +67,12 @@ _model_input = production_jit(eval_crop.model_input, static_argnames='config')
 
 
 def _batch(images: list[np.ndarray], config: DataConfig) -> dict[str, np.ndarray]:
-  prepared = [eval_crop.prepare(image, config) for image in images]
-  return {name: np.stack([p[name] for p in prepared]) for name, _ in eval_crop.FIELDS}
+  """The host's part, as tf.data runs it: a graph per image, then the batch's coefficients."""
+  host = tf.function(lambda image: transforms.eval_example(image, config),
+                     input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+  prepared = [{k: v.numpy() for k, v in host(tf.constant(image)).items()} for image in images]
+  return eval_crop.add_coefficients(
+      {name: np.stack([p[name] for p in prepared]) for name, _ in eval_crop.HOST_FIELDS}, config)
 
 
 def _images(config: DataConfig, count: int, seed: int) -> list[np.ndarray]:
@@ -96,19 +101,23 @@ def test_the_eval_transform_equals_timms(config):
 
 
 def test_the_host_sends_only_the_window_the_crop_reads():
-  """A 375 x 500 photo at 224 / 0.875: 256 x 341, the crop's rows and columns read a window of
-  about 329 x 329 source pixels, which sits at the canvas's origin with zeros around it."""
+  """A 375 x 500 photo at 224 / 0.875: 256 x 341, the crop's rows and columns read about 329 x
+  329 source pixels; the window (a few pixels wider) sits at the canvas's origin, zeros around."""
   config = DataConfig(224, 0.875)
   image = np.random.default_rng(3).integers(1, 256, (375, 500, 3), dtype=np.uint8)
-  prepared = eval_crop.prepare(image, config)
+  prepared = {k: v.numpy() for k, v in transforms.eval_example(tf.constant(image), config).items()}
+  prepared = eval_crop.add_coefficients({k: v[None] for k, v in prepared.items()}, config)
+  prepared = {k: v[0] for k, v in prepared.items()}
   canvas = prepared['image']
-  rows = int(np.max(prepared['row_start'] + 11)) + 1
   assert canvas.shape == (512, 512, 3) and not prepared['host_resized']
-  assert canvas[:320, :320].all() and not canvas[rows:].any()
-  top = int(np.argmax((image == canvas[0, 0]).all(axis=-1).any(axis=1)))
-  assert 20 <= top <= 30
-  assert eval_crop.resized_size(375, 500, config) == (256, 341)
-  assert eval_crop.resized_size(500, 375, config) == (341, 256)
+  rows, cols = canvas.any(axis=(1, 2)).sum(), canvas.any(axis=(0, 2)).sum()  # Pixels are >= 1.
+  assert 329 <= rows <= 345 and 329 <= cols <= 345, (rows, cols)
+  assert not canvas[rows:].any() and not canvas[:, cols:].any()
+  assert prepared['resized_size'].tolist() == [256, 341]
+  assert prepared['crop_offset'].tolist() == [16, 58]  # round(117 / 2) = 58: half to even.
+  top, left = prepared['origin']
+  np.testing.assert_array_equal(canvas[:rows, :cols], image[top:top + rows, left:left + cols])
+  assert 10 <= top <= 20 and 60 <= left <= 80, (top, left)
   assert eval_crop.canvas_size(224) == 512 and eval_crop.canvas_size(64) == 146
 
 
