@@ -129,7 +129,7 @@ class Classifier:
   def preprocess(self, image: Any) -> np.ndarray:
     """timm's eval transform of one image, whole: (input_size, input_size, 3) float32."""
     batch = _batch([self.prepare(image)], 1, self.record.data_config)
-    return np.asarray(self._model_input(batch))[0]
+    return np.array(self._model_input(batch)[0])  # A writable copy, as torch.from_numpy wants.
 
   def probabilities(self, prepared: Sequence[dict[str, np.ndarray]]) -> np.ndarray:
     """Class probabilities (N, num_classes) of prepared images, in fixed-size batches."""

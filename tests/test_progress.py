@@ -82,6 +82,7 @@ def _terminal_stderr():
     os.close(master)
 
 
+@pytest.mark.slow  # End to end: a command, or a benchmark.
 def test_predict_shows_progress_on_a_terminal_and_keeps_it_out_of_the_json(
     model_dir, val, monkeypatch, capsys):
   monkeypatch.setenv('LINES', '4')  # More files than the terminal has lines.
@@ -104,6 +105,7 @@ def test_predict_shows_progress_on_a_terminal_and_keeps_it_out_of_the_json(
   assert '6/6' not in ''.join(terminal)
 
 
+@pytest.mark.slow  # End to end: a command, or a benchmark.
 def test_evaluate_shows_images_rate_and_running_accuracy(model_dir, val, capsys):
   argv = ['--model', model_dir, '--eval', f'imagenet={val}', '--batch-size', '2',
           '--format', 'json']
@@ -120,6 +122,7 @@ def test_evaluate_shows_images_rate_and_running_accuracy(model_dir, val, capsys)
   assert json.loads(capsys.readouterr().out) == results
 
 
+@pytest.mark.slow  # End to end: a command, or a benchmark.
 def test_erf_shows_progress_over_its_images(model_dir, val, tmp_path, capsys):
   with _terminal_stderr() as terminal:
     assert erf_command.main(['--model', model_dir, '--images', val, '--out',

@@ -59,6 +59,7 @@ def _check(result, impls, modes):
   assert set(result['goals']['targets']) <= set(result['goals'])
 
 
+@pytest.mark.slow  # End to end: a command, or a benchmark.
 def test_the_profile_of_inference_counts_the_architecture(tmp_path):
   impls, modes = ('per_direction', 'fused_vjp'), ('infer', 'infer_b1')
   _check(_run(tmp_path, impls, modes), impls, modes)

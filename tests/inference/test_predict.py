@@ -78,6 +78,7 @@ def _expected_probabilities(classifier, forward, path):
   return np.asarray(jax.nn.softmax(forward(classifier.variables, x)))[0]
 
 
+@pytest.mark.slow  # End to end: a command, or a benchmark.
 def test_a_folder_of_every_format_is_predicted_as_json(model_dir, classifier, reference_forward,
                                                        tmp_path, capsys):
   paths = _write_images(tmp_path / 'images')
@@ -120,6 +121,7 @@ def _png_header_only(width: int, height: int) -> bytes:
           + b'\x00' * 64)
 
 
+@pytest.mark.slow  # End to end: a command, or a benchmark.
 def test_bad_files_are_named_and_the_others_predicted(model_dir, tmp_path, capsys):
   good = tmp_path / 'good.jpg'
   _photo().save(good)

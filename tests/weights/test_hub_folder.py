@@ -72,6 +72,7 @@ def _assert_timm_gives_our_logits(repo: str, params, arch: SequencerArch, num_cl
   return reference
 
 
+@pytest.mark.slow  # End to end: a command, or a benchmark.
 def test_a_registered_model_loads_in_timm_and_back(tmp_path, cache, capsys):
   params = _random_params(sequencer_jax.model_info('sequencer2d_s').arch, 1000, seed=1)
   record = ModelRecord.registered('sequencer2d_s', 1000, converted_from='/released/s.pth')
