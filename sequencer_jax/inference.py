@@ -7,8 +7,8 @@
 Each image goes through timm's evaluation transform with the model record's data config
 (input size, crop_pct, interpolation, mean, std), as every evaluation does: prepared on the host
 (`transforms.eval_example`, `eval_crop.add_coefficients`), resized and normalised on the device
-with the forward, bit-exact to Pillow. Files are refused by name, never decoded, when their header claims more than
-`max_pixels` pixels.
+with the forward, bit-exact to Pillow. Files are refused by name, never decoded, when their
+header claims more than `max_pixels` pixels.
 """
 
 from __future__ import annotations

@@ -111,8 +111,8 @@ def pillow_coefficients(in_size: np.ndarray, out_size: np.ndarray, bicubic: np.n
     w = np.where(t < kernel, _filter((xmin + t - center + 0.5) * inverse, bicubic[:, None]), 0.0)
     weights[..., t] = w
     total = total + w
-  normalised = np.where(total[..., None] != 0.0, weights / np.where(total == 0.0, 1.0,
-                                                                    total)[..., None], weights)
+  # Pillow divides by the sum unless it is 0; dividing by 1 instead leaves the weights as they are.
+  normalised = weights / np.where(total == 0.0, 1.0, total)[..., None]
   scaled = normalised * float(1 << PRECISION_BITS)
   fixed = np.trunc(np.where(normalised < 0, -0.5 + scaled, 0.5 + scaled)).astype(np.int32)
   return Coefficients(xmin.astype(np.int32), fixed), xmax.astype(np.int32)

@@ -281,7 +281,8 @@ def eval_batches(source: Source, *, batch_size: int, data_config: DataConfig,
             'index': tf.cast(start + position, tf.int32)}
 
   shapes = eval_crop.shapes(data_config)
-  padding = tf.data.Dataset.from_tensors({  # Marked host-resized: its coefficients are the identity.
+  # Padding is marked host-resized, so its coefficients are the identity (of zeros).
+  padding = tf.data.Dataset.from_tensors({
       **{name: tf.zeros(shapes[name], dtype) for name, dtype in eval_crop.HOST_FIELDS},
       'host_resized': True, 'label': tf.constant(0, tf.int32), 'mask': False,
       'position': tf.constant(-1, tf.int64), 'index': tf.constant(-1, tf.int32)}).repeat()
